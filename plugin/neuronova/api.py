@@ -1,0 +1,118 @@
+"""The plugin's REST routes as plain functions of a request, and the one place errors become answers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .config import Settings
+from .directory import PatientDirectory, patient_from_json
+from .directory.model import validate_patient_id
+from .errors import BadRequest, MethodNotAllowed, NeuroNovaError, NotFound
+from .upload import UploadService
+
+log = logging.getLogger("neuronova.api")
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    groups: tuple[str, ...] = ()
+    query: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def json_response(status: int, payload: dict, **headers: str) -> Response:
+    return Response(status, json.dumps(payload, ensure_ascii=False).encode("utf-8"), headers=headers)
+
+
+def error_response(error: NeuroNovaError) -> Response:
+    headers = {"Allow": ", ".join(error.allow)} if isinstance(error, MethodNotAllowed) else {}
+    return json_response(error.http_status, {"success": False, "error": str(error)}, **headers)
+
+
+Handler = Callable[[Request], Response]
+
+
+def answer(handler: Handler, request: Request) -> Response:
+    """Run a route; every exception becomes a JSON error answer here and nowhere else."""
+    try:
+        return handler(request)
+    except NeuroNovaError as error:
+        log.info("%s answered %d: %s", request.method, error.http_status, error)
+        return error_response(error)
+    except Exception as error:  # a bug: answer clearly instead of Orthanc's bare 500
+        log.exception("Unexpected error in a NeuroNova route")
+        return json_response(500, {"success": False, "error": f"internal error: {type(error).__name__}: {error}"})
+
+
+def _allow(request: Request, *methods: str) -> None:
+    if request.method not in methods:
+        raise MethodNotAllowed(f"method {request.method} not allowed here; use {' or '.join(methods)}", methods)
+
+
+class Api:
+    def __init__(self, settings: Settings, directory: PatientDirectory, uploads: UploadService):
+        self.settings = settings
+        self.directory = directory
+        self.uploads = uploads
+
+    def routes(self) -> list[tuple[str, Handler]]:
+        """(Orthanc URI regex, handler) pairs for the adapter to register."""
+        return [
+            ("/neuronova/patients", self.search_patients),
+            ("/neuronova/patients/(.+)", self.one_patient),
+            ("/neuronova/upload", self.upload),
+            ("/neuronova/upload/(.+)", self.upload),
+        ]
+
+    def search_patients(self, request: Request) -> Response:
+        _allow(request, "GET")
+        max_limit = self.settings.directory.search_max_limit
+        raw_limit = request.query.get("limit", "50")
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            raise BadRequest(f"limit: must be an integer between 1 and {max_limit}, got {raw_limit!r}") from None
+        if not 1 <= limit <= max_limit:
+            raise BadRequest(f"limit: must be an integer between 1 and {max_limit}, got {limit}")
+        patients, total = self.directory.search(request.query.get("search", ""), limit)
+        return json_response(200, {"success": True, "patients": [p.to_json() for p in patients], "total": total})
+
+    def one_patient(self, request: Request) -> Response:
+        _allow(request, "GET", "PUT")
+        patient_id = validate_patient_id(request.groups[0])
+        if request.method == "GET":
+            patient = self.directory.get(patient_id)
+            if patient is None:
+                raise NotFound(f"Patient {patient_id!r} is not known to the EMR directory")
+            return json_response(200, {"success": True, "patient": patient.to_json()})
+        if not self.directory.writable:
+            raise MethodNotAllowed("this EMR directory is read-only: change patients in the EMR itself", ("GET",))
+        try:
+            payload = json.loads(request.body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise BadRequest(f"body: must be JSON: {error}") from None
+        patient = patient_from_json(patient_id, payload)
+        created = self.directory.put(patient)
+        return json_response(201 if created else 200, {"success": True, "created": created, "patient": patient.to_json()})
+
+    def upload(self, request: Request) -> Response:
+        _allow(request, "POST")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "multipart/form-data":
+            raise BadRequest("multipart/form-data is not supported by Orthanc plugins: send the file as the raw "
+                             "body with Content-Type application/dicom or application/zip")
+        status, payload = self.uploads.upload(request.body, request.groups[0] if request.groups else None)
+        return json_response(status, payload)

@@ -1,0 +1,65 @@
+"""HTJ2K lossless (DICOM 1.2.840.10008.1.2.4.201) through imagecodecs / OpenJPH.
+
+Lossless needs ``level=0`` and ``reversible=True`` (any level above 0 quantizes).
+``rgb=False`` turns off OpenJPH's default colour transform for 3-sample input, so
+RGB stays RGB and YBR_FULL stays YBR_FULL: the Photometric Interpretation of the
+dataset never has to change (no YBR_RCT).
+
+OpenJPH declares the full sample size (16 bits for 12-bit data); imagecodecs offers
+no way to declare Bits Stored, so callers clear the unused high bits first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydicom.uid import HTJ2KLossless
+
+from . import CodecUnavailable
+
+try:
+    import imagecodecs
+except ImportError as error:  # reported precisely by missing()
+    imagecodecs = None
+    _IMPORT_ERROR: ImportError | None = error
+else:
+    _IMPORT_ERROR = None
+
+NAME = "htj2k"
+TRANSFER_SYNTAX = HTJ2KLossless
+
+
+def missing() -> str | None:
+    """Say what is missing for this backend to work, or None when it works."""
+    if imagecodecs is None:
+        return f"HTJ2K needs the Python package 'imagecodecs' (import failed: {_IMPORT_ERROR})"
+    codec = getattr(imagecodecs, "HTJ2K", None)
+    if codec is None or not getattr(codec, "available", False):
+        return (
+            f"HTJ2K needs imagecodecs built with OpenJPH; imagecodecs "
+            f"{getattr(imagecodecs, '__version__', '?')} has no htj2k_encode"
+        )
+    return None
+
+
+def is_available() -> bool:
+    return missing() is None
+
+
+def encode(frame: np.ndarray, bits_stored: int | None = None) -> bytes:
+    """Encode one frame (H x W, or H x W x 3 interleaved) as a lossless HTJ2K codestream.
+
+    ``bits_stored`` is accepted for symmetry with the J2K backend; OpenJPH always
+    declares the dtype's full width.
+    """
+    reason = missing()
+    if reason:
+        raise CodecUnavailable(reason)
+    return imagecodecs.htj2k_encode(frame, level=0, reversible=True, rgb=False)
+
+
+def decode(codestream: bytes) -> np.ndarray:
+    """Decode a codestream to H x W or H x W x samples (interleaved, as encoded)."""
+    reason = missing()
+    if reason:
+        raise CodecUnavailable(reason)
+    return imagecodecs.htj2k_decode(codestream, planar=False)

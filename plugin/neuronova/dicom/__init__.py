@@ -1,0 +1,1 @@
+"""DICOM-level helpers: reading and validating uploads, patient tag rewriting."""

@@ -1,0 +1,57 @@
+"""One exception hierarchy, mapped in one place to HTTP statuses and DIMSE statuses."""
+
+
+class NeuroNovaError(Exception):
+    """Base of every error the plugin answers to a client."""
+
+    http_status = 500
+    # DIMSE C-STORE status for the same failure: 0xC000 "Cannot understand", 0xA700 "Out of resources".
+    dimse_status = 0xC000
+
+
+class BadRequest(NeuroNovaError):
+    http_status = 400
+
+
+class NotDicom(BadRequest):
+    """The body (or a ZIP member) is not a readable DICOM file."""
+
+
+class NotFound(NeuroNovaError):
+    http_status = 404
+
+
+class PatientNotFound(NotFound):
+    def __init__(self, patient_id: str):
+        super().__init__(f"Patient {patient_id!r} is not known to the EMR directory")
+        self.patient_id = patient_id
+
+
+class MethodNotAllowed(NeuroNovaError):
+    http_status = 405
+
+    def __init__(self, message: str, allow: tuple[str, ...]):
+        super().__init__(message)
+        self.allow = allow
+
+
+class PayloadTooLarge(NeuroNovaError):
+    http_status = 413
+    dimse_status = 0xA700
+
+
+class DirectoryUnavailable(NeuroNovaError):
+    """The EMR directory could not be reached or answered garbage."""
+
+    http_status = 503
+    dimse_status = 0xA700
+
+
+class StoreRejected(NeuroNovaError):
+    """Orthanc refused to store an instance that we had accepted."""
+
+    http_status = 400
+
+
+class ConfigError(Exception):
+    """Bad plugin configuration: stops the plugin at start, naming the key."""

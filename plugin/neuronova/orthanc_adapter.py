@@ -1,0 +1,109 @@
+"""The one module that speaks to the Orthanc SDK: it receives the `orthanc` module and registers
+routes and callbacks that delegate to the plain-Python package."""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import unquote_plus
+
+from .api import Api, Request, Response, answer
+from .config import Settings, load_settings
+from .directory import EmbeddedRegistry, PatientDirectory
+from .errors import StoreRejected
+from .transcoder import transcode
+from .upload import UploadService
+
+log = logging.getLogger("neuronova")
+
+
+class _OrthancLogHandler(logging.Handler):
+    """Sends the package's log records to Orthanc's log, at Orthanc's matching level."""
+
+    def __init__(self, sdk):
+        super().__init__()
+        self.sdk = sdk
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = "NeuroNova: " + self.format(record)
+        if record.levelno >= logging.ERROR:
+            self.sdk.LogError(message)
+        elif record.levelno >= logging.WARNING:
+            self.sdk.LogWarning(message)
+        else:
+            self.sdk.LogInfo(message)
+
+
+def start(sdk) -> None:
+    """Parse the configuration, build the services, register everything. Raises on bad configuration."""
+    handler = _OrthancLogHandler(sdk)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+    settings = load_settings(json.loads(sdk.GetConfiguration()))
+    directory = _build_directory(settings)
+    uploads = UploadService(directory, lambda data: _store(sdk, data), settings.upload)
+    api = Api(settings, directory, uploads)
+    for uri, route in api.routes():
+        sdk.RegisterRestCallback(uri, _rest_callback(sdk, route))
+    sdk.RegisterReceivedInstanceCallback(_received_instance_callback(sdk, settings))
+    log.info("started: directory %s, transcoding to %s (verify %s)", settings.directory.backend,
+             settings.transcoding.target, "on" if settings.transcoding.verify else "off")
+
+
+def _build_directory(settings: Settings) -> PatientDirectory:
+    return EmbeddedRegistry(settings.directory.database, settings.directory.seed_file)
+
+
+def _store(sdk, data: bytes) -> dict:
+    """POST /instances inside Orthanc, so that the received-instance callback treats uploads like any ingest."""
+    try:
+        return json.loads(sdk.RestApiPost("/instances", data))
+    except sdk.OrthancException as error:
+        raise StoreRejected(f"Orthanc refused to store the file: {error}") from None
+
+
+def _rest_callback(sdk, route):
+    def callback(output, uri, **request):
+        response = answer(route, Request(
+            method=request["method"],
+            groups=tuple(request.get("groups", ())),
+            # Orthanc hands GET arguments over still percent-encoded.
+            query={unquote_plus(key): unquote_plus(value) for key, value in request.get("get", {}).items()},
+            headers={key.lower(): value for key, value in request.get("headers", {}).items()},
+            body=request.get("body", b""),
+        ))
+        _send(sdk, output, response)
+    return callback
+
+
+def _send(sdk, output, response: Response) -> None:
+    if response.status == 405:  # Orthanc insists on its own call for 405
+        output.SendMethodNotAllowed(response.headers.get("Allow", ""))
+        return
+    for name, value in response.headers.items():
+        output.SetHttpHeader(name, value)
+    if response.status == 200:
+        output.AnswerBuffer(response.body, response.content_type)
+        return
+    output.SetHttpHeader("Content-Type", response.content_type)
+    try:  # orthanc-python 4.2 and later
+        output.SendHttpStatus(response.status, response.body)
+    except TypeError:  # orthanc-python 4.0 and 4.1: (status, str, length)
+        text = response.body.decode("utf-8")
+        output.SendHttpStatus(response.status, text, len(response.body))
+
+
+def _received_instance_callback(sdk, settings: Settings):
+    keep, modify = sdk.ReceivedInstanceAction.KEEP_AS_IS, sdk.ReceivedInstanceAction.MODIFY
+
+    def callback(received: bytes, origin):
+        try:
+            result = transcode(received, settings.transcoding)
+            return (modify, result.data) if result.changed else (keep, None)
+        except Exception:  # never let Orthanc see an exception: it would still store, but log noise
+            log.exception("Received-instance callback failed; storing the original")
+            return keep, None
+    return callback

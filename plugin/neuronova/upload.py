@@ -1,0 +1,138 @@
+"""The upload pipeline: validate, assign the EMR patient, hand to Orthanc; one file or a ZIP of them."""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from io import BytesIO
+from typing import Callable
+
+from pydicom import dcmwrite
+
+from .config import UploadSettings
+from .dicom.assign import assign_patient
+from .dicom.reading import read_dicom
+from .directory import Patient, PatientDirectory
+from .directory.model import validate_patient_id
+from .errors import BadRequest, NeuroNovaError, PatientNotFound, PayloadTooLarge
+
+log = logging.getLogger("neuronova.upload")
+
+SUCCESS_MESSAGE = "Uploaded and converted successfully"
+ORTHANC_RESPONSE_KEYS = ("ID", "ParentPatient", "ParentSeries", "ParentStudy", "Status")
+_ZIP_MAGIC = b"PK\x03\x04"
+_IGNORED_ZIP_PREFIXES = ("__MACOSX/",)
+
+#: Stores one DICOM file in Orthanc and returns Orthanc's JSON answer; raises StoreRejected.
+StoreFunction = Callable[[bytes], dict]
+
+
+class UploadService:
+    def __init__(self, directory: PatientDirectory, store: StoreFunction, settings: UploadSettings):
+        self.directory = directory
+        self.store = store
+        self.settings = settings
+
+    def upload(self, body: bytes, patient_id: str | None) -> tuple[int, dict]:
+        """Answer (HTTP status, JSON) for one request body; raises NeuroNovaError for whole-request failures."""
+        if len(body) > self.settings.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"upload of {len(body)} bytes is over the limit of {self.settings.max_upload_bytes} bytes "
+                "(NeuroNova.Upload.MaxUploadSizeMB)")
+        patient = self._lookup(patient_id) if patient_id is not None else None
+        if body.startswith(_ZIP_MAGIC):
+            return self._upload_zip(body, patient)
+        stored = self._store_one(body, patient)
+        return 200, {
+            "success": True,
+            "message": SUCCESS_MESSAGE,
+            "patient_id": stored.pop("_patient_id"),
+            "orthanc_response": stored,
+        }
+
+    def _lookup(self, patient_id: str) -> Patient:
+        patient = self.directory.get(validate_patient_id(patient_id))
+        if patient is None:
+            raise PatientNotFound(patient_id)
+        return patient
+
+    def _store_one(self, data: bytes, patient: Patient | None) -> dict:
+        dataset = read_dicom(data)
+        sop_instance_uid = dataset.SOPInstanceUID
+        if patient is not None:
+            changed = assign_patient(dataset, patient)
+            if changed:
+                buffer = BytesIO()
+                dcmwrite(buffer, dataset, enforce_file_format=True)
+                data = buffer.getvalue()
+                log.info("Instance %s assigned to the EMR patient (changed %s)", sop_instance_uid, ", ".join(changed))
+        answer = self.store(data)
+        stored = {key: answer.get(key) for key in ORTHANC_RESPONSE_KEYS}
+        stored["_patient_id"] = patient.patient_id if patient else str(dataset.get("PatientID", ""))
+        log.info("Instance %s stored as %s (%s)", sop_instance_uid, stored["ID"], stored["Status"])
+        return stored
+
+    def _upload_zip(self, body: bytes, patient: Patient | None) -> tuple[int, dict]:
+        try:
+            archive = zipfile.ZipFile(BytesIO(body))
+        except (zipfile.BadZipFile, ValueError) as error:
+            raise BadRequest(f"unreadable ZIP archive: {error}") from None
+        members = [info for info in archive.infolist()
+                   if not info.is_dir() and not info.filename.startswith(_IGNORED_ZIP_PREFIXES)]
+        self._check_archive(members)
+
+        results, first_error = [], None
+        unzipped = 0
+        for info in members:
+            try:
+                data = self._read_member(archive, info)
+                unzipped += len(data)
+                if unzipped > self.settings.max_unzipped_bytes:
+                    raise PayloadTooLarge("ZIP archive inflates beyond NeuroNova.Upload.MaxUnzippedSizeMB")
+                stored = self._store_one(data, patient)
+                patient_id = stored.pop("_patient_id")
+                results.append({"file": info.filename, "success": True, "patient_id": patient_id,
+                                "orthanc_response": stored})
+            except NeuroNovaError as error:
+                first_error = first_error or error
+                results.append({"file": info.filename, "success": False, "error": str(error)})
+                log.warning("ZIP member %s refused: %s", info.filename, error)
+
+        stored_count = sum(result["success"] for result in results)
+        failed_count = len(results) - stored_count
+        answer = {
+            "success": failed_count == 0,
+            "message": (SUCCESS_MESSAGE if failed_count == 0
+                        else f"{stored_count} of {len(results)} files stored, {failed_count} failed"),
+            "patient_id": patient.patient_id if patient else None,
+            "total": len(results),
+            "stored": stored_count,
+            "failed": failed_count,
+            "results": results,
+        }
+        if failed_count:
+            answer["error"] = f"{failed_count} of {len(results)} files failed; see results"
+        return (200 if stored_count else first_error.http_status), answer
+
+    def _check_archive(self, members: list[zipfile.ZipInfo]) -> None:
+        if not members:
+            raise BadRequest("ZIP archive holds no files")
+        if len(members) > self.settings.max_zip_members:
+            raise PayloadTooLarge(f"ZIP archive holds {len(members)} files, over the limit of "
+                                  f"{self.settings.max_zip_members} (NeuroNova.Upload.MaxZipMembers)")
+        declared = sum(info.file_size for info in members)
+        if declared > self.settings.max_unzipped_bytes:
+            raise PayloadTooLarge(f"ZIP archive would inflate to {declared} bytes, over the limit of "
+                                  f"{self.settings.max_unzipped_bytes} (NeuroNova.Upload.MaxUnzippedSizeMB)")
+
+    def _read_member(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+        """Read one member without trusting its declared size: a forged header cannot inflate past the limit."""
+        limit = min(info.file_size, self.settings.max_member_bytes)
+        try:
+            with archive.open(info) as member:
+                data = member.read(limit + 1)
+        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError, EOFError) as error:
+            raise BadRequest(f"cannot extract from the ZIP archive: {error}") from None
+        if len(data) > limit:
+            raise PayloadTooLarge(f"member inflates beyond {limit} bytes")
+        return data

@@ -1,0 +1,15 @@
+#!/bin/sh
+# Install the Debian packages the project needs, only those missing (needs root on a fresh machine).
+set -eu
+PACKAGES="orthanc orthanc-python orthanc-gdcm orthanc-dicomweb dcmtk python3-venv ${EXTRA_PACKAGES:-}"
+missing=""
+for package in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing="$missing $package"
+done
+[ -z "$missing" ] && exit 0
+echo "Installing Debian packages:$missing"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+$SUDO apt-get update
+# Debian's orthanc postinst tries to start a service; the project starts Orthanc itself.
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends $missing

@@ -1,0 +1,136 @@
+"""The upload route inside a real Orthanc: assignment, audit trail, refusals that store nothing."""
+
+import pytest
+
+from support.dicom_files import make_zip, parse, read_bytes, tiny_jpeg
+from support.servers import OrthancServer
+
+DICOM = {"Content-Type": "application/dicom"}
+
+
+def stored_file(pacs, instance_id):
+    return parse(pacs.get(f"/instances/{instance_id}/file").content)
+
+
+def test_upload_with_patient_assigns_and_keeps_an_audit_trail(pacs):
+    original = parse(read_bytes("CT_small.dcm"))
+    answer = pacs.post("/neuronova/upload/P-2024-001234", data=read_bytes("CT_small.dcm"), headers=DICOM)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["success"] is True and body["message"] == "Uploaded and converted successfully"
+    assert body["patient_id"] == "P-2024-001234"
+    assert set(body["orthanc_response"]) == {"ID", "ParentPatient", "ParentSeries", "ParentStudy", "Status"}
+    assert body["orthanc_response"]["Status"] == "Success"
+
+    stored = stored_file(pacs, body["orthanc_response"]["ID"])
+    assert (stored.PatientID, str(stored.PatientName), stored.PatientBirthDate, stored.PatientSex) == \
+        ("P-2024-001234", "Hong^Gildong", "19800115", "M")
+    assert stored.SOPInstanceUID == original.SOPInstanceUID
+    item = stored.OriginalAttributesSequence[-1]
+    assert item.ReasonForTheAttributeModification == "CORRECT"
+    assert item.ModifyingSystem == "NeuroNova ingest"
+    assert item.ModifiedAttributesSequence[0].PatientID == original.PatientID
+    assert stored.OtherPatientIDsSequence[-1].PatientID == original.PatientID
+    patient = pacs.get(f"/patients/{body['orthanc_response']['ParentPatient']}").json()
+    assert patient["MainDicomTags"]["PatientID"] == "P-2024-001234"
+    assert patient["MainDicomTags"]["PatientName"] == "Hong^Gildong"
+
+
+def test_hangul_name_is_stored_in_utf8_and_shown_by_orthanc(pacs):
+    answer = pacs.post("/neuronova/upload/P-2024-001239", data=read_bytes("MR_small.dcm"), headers=DICOM)
+    assert answer.status_code == 200, answer.text
+    instance = answer.json()["orthanc_response"]["ID"]
+    tags = pacs.get(f"/instances/{instance}/simplified-tags").json()
+    assert tags["PatientName"] == "홍^길순"
+    assert tags["SpecificCharacterSet"] == "ISO_IR 192"
+    assert stored_file(pacs, instance).PatientName == "홍^길순"
+
+
+def test_upload_without_patient_keeps_the_files_own_patient(pacs):
+    original = parse(read_bytes("MR_small.dcm"))
+    answer = pacs.post("/neuronova/upload", data=read_bytes("MR_small.dcm"),
+                       headers={"Content-Type": "application/octet-stream"})
+    assert answer.status_code == 200
+    assert answer.json()["patient_id"] == original.PatientID
+    stored = stored_file(pacs, answer.json()["orthanc_response"]["ID"])
+    assert (stored.PatientID, stored.PatientName, stored.PatientSex) == \
+        (original.PatientID, original.PatientName, original.PatientSex)
+    assert "OriginalAttributesSequence" not in stored
+
+
+def test_reupload_to_the_same_patient_is_idempotent(pacs):
+    first = pacs.post("/neuronova/upload/P-2024-001235", data=read_bytes("CT_small.dcm"), headers=DICOM).json()
+    again = pacs.post("/neuronova/upload/P-2024-001235", data=read_bytes("CT_small.dcm"), headers=DICOM).json()
+    assert again["orthanc_response"]["Status"] == "AlreadyStored"
+    assert again["orthanc_response"]["ID"] == first["orthanc_response"]["ID"]
+    stored_bytes = pacs.get(f"/instances/{first['orthanc_response']['ID']}/file").content
+    back = pacs.post("/neuronova/upload/P-2024-001235", data=stored_bytes, headers=DICOM).json()
+    assert back["orthanc_response"]["Status"] == "AlreadyStored"
+    assert len(stored_file(pacs, first["orthanc_response"]["ID"]).OriginalAttributesSequence) == 1
+    assert len(pacs.instances()) == 1
+
+
+def test_percent_encoded_patient_id_in_the_path(pacs):
+    pacs.put("/neuronova/patients/MRN%2F42%20A", json={"name": "Slash^Sam", "gender": "male"})
+    answer = pacs.post("/neuronova/upload/MRN%2F42%20A", data=read_bytes("CT_small.dcm"), headers=DICOM)
+    assert answer.status_code == 200, answer.text
+    assert stored_file(pacs, answer.json()["orthanc_response"]["ID"]).PatientID == "MRN/42 A"
+
+
+@pytest.mark.parametrize("path, data, status, message", [
+    ("/neuronova/upload", tiny_jpeg(), 400, "not a DICOM file"),
+    ("/neuronova/upload/P-2024-001234", read_bytes("CT_small.dcm")[:6000], 400, "truncated DICOM file"),
+    ("/neuronova/upload", read_bytes("rtplan_truncated.dcm"), 400, "truncated DICOM file"),
+    ("/neuronova/upload", b"", 400, "empty body"),
+    ("/neuronova/upload/NO-SUCH-PATIENT", read_bytes("CT_small.dcm"), 404, "NO-SUCH-PATIENT"),
+    ("/neuronova/upload", b"PK\x03\x04 garbage", 400, "unreadable ZIP"),
+])
+def test_bad_uploads_are_refused_and_store_nothing(pacs, path, data, status, message):
+    answer = pacs.post(path, data=data, headers=DICOM)
+    assert answer.status_code == status
+    assert answer.json()["success"] is False and message in answer.json()["error"]
+    assert pacs.instances() == []
+
+
+def test_zip_stores_good_members_and_reports_the_bad_one(pacs):
+    archive = make_zip({"ct.dcm": read_bytes("CT_small.dcm"), "notes/readme.txt": b"hello",
+                        "mr.dcm": read_bytes("MR_small.dcm"), "folder/": b""})
+    answer = pacs.post("/neuronova/upload/P-2024-001236", data=archive, headers={"Content-Type": "application/zip"})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert (body["total"], body["stored"], body["failed"], body["success"]) == (3, 2, 1, False)
+    by_file = {result["file"]: result for result in body["results"]}
+    assert by_file["notes/readme.txt"]["success"] is False and "not a DICOM file" in by_file["notes/readme.txt"]["error"]
+    assert by_file["ct.dcm"]["orthanc_response"]["Status"] == "Success"
+    assert len(pacs.instances()) == 2
+    for instance in pacs.instances():
+        assert stored_file(pacs, instance).PatientID == "P-2024-001236"
+
+
+def test_zip_of_good_files_succeeds(pacs):
+    archive = make_zip({"a.dcm": read_bytes("CT_small.dcm"), "b.dcm": read_bytes("MR_small.dcm")})
+    body = pacs.post("/neuronova/upload", data=archive, headers={"Content-Type": "application/zip"}).json()
+    assert body["success"] is True and (body["stored"], body["failed"]) == (2, 0)
+
+
+@pytest.fixture(scope="module")
+def small_limits(tmp_path_factory):
+    server = OrthancServer(str(tmp_path_factory.mktemp("limits")), {"NeuroNova": {"Upload": {
+        "MaxUploadSizeMB": 1, "MaxUnzippedSizeMB": 2}}}).start()
+    yield server
+    server.stop()
+
+
+def test_over_size_body_is_a_413_and_stores_nothing(small_limits):
+    body = read_bytes("CT_small.dcm") + b"\0" * (1024 * 1024)
+    answer = small_limits.post("/neuronova/upload", data=body, headers=DICOM)
+    assert answer.status_code == 413 and "MaxUploadSizeMB" in answer.json()["error"]
+    assert small_limits.instances() == [] and small_limits.alive()
+
+
+def test_zip_bomb_is_a_413_and_stores_nothing(small_limits):
+    bomb = make_zip({"ct.dcm": read_bytes("CT_small.dcm"), "zeros.dcm": b"\0" * (3 * 1024 * 1024)})
+    assert len(bomb) < 100_000
+    answer = small_limits.post("/neuronova/upload", data=bomb, headers={"Content-Type": "application/zip"})
+    assert answer.status_code == 413 and "inflate" in answer.json()["error"]
+    assert small_limits.instances() == [] and small_limits.alive()

@@ -1,0 +1,122 @@
+"""Real servers for the tests: Orthanc with the plugin, on free ports with a temporary storage folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+
+import requests
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+from runtime_config import build_config  # noqa: E402
+
+PLUGIN_DIR = os.path.join(REPO_ROOT, "plugin")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class OrthancServer:
+    """One Orthanc process started from the project's orthanc.json plus per-test overrides."""
+
+    def __init__(self, data_dir: str, overrides: dict | None = None, plugin: bool = True, aet: str = "NEURONOVA"):
+        self.data_dir = data_dir
+        self.http_port, self.dicom_port = free_port(), free_port()
+        self.aet = aet
+        with open(os.path.join(REPO_ROOT, "orthanc.json"), encoding="utf-8") as base_file:
+            base = json.load(base_file)
+        if not plugin:
+            base["Plugins"] = [p for p in base["Plugins"] if "Python" not in p]
+            base.pop("PythonScript")
+            base.pop("NeuroNova")
+        self.config = build_config(base, self.http_port, self.dicom_port, data_dir,
+                                   {"DicomAet": aet, **(overrides or {})})
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.log_path = os.path.join(data_dir, "orthanc.log")
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> "OrthancServer":
+        os.makedirs(self.data_dir, exist_ok=True)
+        config_path = os.path.join(self.data_dir, "orthanc.json")
+        with open(config_path, "w", encoding="utf-8") as config_file:
+            json.dump(self.config, config_file, ensure_ascii=False)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([PLUGIN_DIR, sysconfig.get_paths()["purelib"]]))
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(["Orthanc", "--verbose", config_path], stdout=self._log,
+                                        stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_until(self._answers, timeout, f"Orthanc on port {self.http_port}")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"Orthanc did not start; log tail:\n{self.log_tail()}") from None
+        return self
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"Orthanc exited with {self.process.returncode}; log tail:\n{self.log_tail()}")
+        try:
+            return requests.get(self.url + "/system", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    def log_tail(self, lines: int = 40) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as log_file:
+            return "".join(log_file.readlines()[-lines:])
+
+    def log_text(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as log_file:
+            return log_file.read()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None and self._answers()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    # Small REST helpers
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return requests.get(self.url + path, timeout=60, **kwargs)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return requests.post(self.url + path, timeout=120, **kwargs)
+
+    def put(self, path: str, **kwargs) -> requests.Response:
+        return requests.put(self.url + path, timeout=60, **kwargs)
+
+    def delete(self, path: str) -> requests.Response:
+        return requests.delete(self.url + path, timeout=60)
+
+    def instances(self) -> list[str]:
+        return self.get("/instances").json()
+
+    def clear(self) -> None:
+        for patient in self.get("/patients").json():
+            self.delete(f"/patients/{patient}")
