@@ -11,6 +11,8 @@ from .config import Settings
 from .directory import PatientDirectory, patient_from_json
 from .directory.model import validate_patient_id
 from .errors import BadRequest, MethodNotAllowed, NeuroNovaError, NotFound
+from .pacs import Pacs
+from .preview import HTJ2K_SYNTAXES, render_preview
 from .upload import UploadService
 
 log = logging.getLogger("neuronova.api")
@@ -19,6 +21,7 @@ log = logging.getLogger("neuronova.api")
 @dataclass(frozen=True)
 class Request:
     method: str
+    uri: str = ""
     groups: tuple[str, ...] = ()
     query: dict[str, str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
@@ -63,10 +66,11 @@ def _allow(request: Request, *methods: str) -> None:
 
 
 class Api:
-    def __init__(self, settings: Settings, directory: PatientDirectory, uploads: UploadService):
+    def __init__(self, settings: Settings, directory: PatientDirectory, uploads: UploadService, pacs: Pacs):
         self.settings = settings
         self.directory = directory
         self.uploads = uploads
+        self.pacs = pacs
 
     def routes(self) -> list[tuple[str, Handler]]:
         """(Orthanc URI regex, handler) pairs for the adapter to register."""
@@ -75,6 +79,9 @@ class Api:
             ("/neuronova/patients/(.+)", self.one_patient),
             ("/neuronova/upload", self.upload),
             ("/neuronova/upload/(.+)", self.upload),
+            # Core URIs: the plugin answers for HTJ2K instances and hands every other one back to Orthanc.
+            ("/instances/([^/]+)/preview", self.preview),
+            ("/instances/([^/]+)/frames/([0-9]+)/preview", self.preview),
         ]
 
     def search_patients(self, request: Request) -> Response:
@@ -116,3 +123,14 @@ class Api:
                              "body with Content-Type application/dicom or application/zip")
         status, payload = self.uploads.upload(request.body, request.groups[0] if request.groups else None)
         return json_response(status, payload)
+
+    def preview(self, request: Request) -> Response:
+        _allow(request, "GET")
+        instance_id = request.groups[0]
+        frame = int(request.groups[1]) if len(request.groups) > 1 else 0
+        if self.pacs.transfer_syntax(instance_id) not in HTJ2K_SYNTAXES:
+            image = self.pacs.core_get(request.uri)
+            return Response(200, image, "image/jpeg" if image.startswith(b"\xff\xd8") else "image/png")
+        image, content_type = render_preview(self.pacs.instance_file(instance_id), frame,
+                                             request.headers.get("accept", ""))
+        return Response(200, image, content_type)

@@ -53,5 +53,11 @@ class StoreRejected(NeuroNovaError):
     http_status = 400
 
 
+class CoreCannotAnswer(NeuroNovaError):
+    """Orthanc's own route failed for a request the plugin handed back to it."""
+
+    http_status = 415
+
+
 class ConfigError(Exception):
     """Bad plugin configuration: stops the plugin at start, naming the key."""

@@ -10,7 +10,7 @@ from urllib.parse import unquote_plus
 from .api import Api, Request, Response, answer
 from .config import Settings, load_settings
 from .directory import EmbeddedRegistry, PatientDirectory
-from .errors import StoreRejected
+from .errors import CoreCannotAnswer, NotFound, StoreRejected
 from .transcoder import transcode
 from .upload import UploadService
 
@@ -44,8 +44,9 @@ def start(sdk) -> None:
 
     settings = load_settings(json.loads(sdk.GetConfiguration()))
     directory = _build_directory(settings)
-    uploads = UploadService(directory, lambda data: _store(sdk, data), settings.upload)
-    api = Api(settings, directory, uploads)
+    pacs = OrthancPacs(sdk)
+    uploads = UploadService(directory, pacs.store, settings.upload)
+    api = Api(settings, directory, uploads, pacs)
     for uri, route in api.routes():
         sdk.RegisterRestCallback(uri, _rest_callback(sdk, route))
     sdk.RegisterReceivedInstanceCallback(_received_instance_callback(sdk, settings))
@@ -57,18 +58,41 @@ def _build_directory(settings: Settings) -> PatientDirectory:
     return EmbeddedRegistry(settings.directory.database, settings.directory.seed_file)
 
 
-def _store(sdk, data: bytes) -> dict:
-    """POST /instances inside Orthanc, so that the received-instance callback treats uploads like any ingest."""
-    try:
-        return json.loads(sdk.RestApiPost("/instances", data))
-    except sdk.OrthancException as error:
-        raise StoreRejected(f"Orthanc refused to store the file: {error}") from None
+class OrthancPacs:
+    """The Pacs protocol over Orthanc's own REST API, called in-process."""
+
+    def __init__(self, sdk):
+        self.sdk = sdk
+
+    def store(self, dicom: bytes) -> dict:
+        # POST /instances inside Orthanc: the received-instance callback treats uploads like any ingest.
+        try:
+            return json.loads(self.sdk.RestApiPost("/instances", dicom))
+        except self.sdk.OrthancException as error:
+            raise StoreRejected(f"Orthanc refused to store the file: {error}") from None
+
+    def transfer_syntax(self, instance_id: str) -> str:
+        try:
+            header = json.loads(self.sdk.RestApiGet(f"/instances/{instance_id}/header"))
+        except self.sdk.OrthancException:
+            raise NotFound(f"unknown instance {instance_id!r}") from None
+        return header.get("0002,0010", {}).get("Value", "").strip("\0 ")
+
+    def instance_file(self, instance_id: str) -> bytes:
+        return self.sdk.RestApiGet(f"/instances/{instance_id}/file")
+
+    def core_get(self, uri: str) -> bytes:
+        try:
+            return self.sdk.RestApiGet(uri)  # the built-in API only; "AfterPlugins" would call us again
+        except self.sdk.OrthancException as error:
+            raise CoreCannotAnswer(f"Orthanc cannot answer {uri}: {error}") from None
 
 
 def _rest_callback(sdk, route):
     def callback(output, uri, **request):
         response = answer(route, Request(
             method=request["method"],
+            uri=uri,
             groups=tuple(request.get("groups", ())),
             # Orthanc hands GET arguments over still percent-encoded.
             query={unquote_plus(key): unquote_plus(value) for key, value in request.get("get", {}).items()},

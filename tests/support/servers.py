@@ -39,8 +39,10 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
 class OrthancServer:
     """One Orthanc process started from the project's orthanc.json plus per-test overrides."""
 
-    def __init__(self, data_dir: str, overrides: dict | None = None, plugin: bool = True, aet: str = "NEURONOVA"):
+    def __init__(self, data_dir: str, overrides: dict | None = None, plugin: bool = True, aet: str = "NEURONOVA",
+                 extra_pythonpath: tuple[str, ...] = ()):
         self.data_dir = data_dir
+        self.extra_pythonpath = extra_pythonpath
         self.http_port, self.dicom_port = free_port(), free_port()
         self.aet = aet
         with open(os.path.join(REPO_ROOT, "orthanc.json"), encoding="utf-8") as base_file:
@@ -60,7 +62,8 @@ class OrthancServer:
         config_path = os.path.join(self.data_dir, "orthanc.json")
         with open(config_path, "w", encoding="utf-8") as config_file:
             json.dump(self.config, config_file, ensure_ascii=False)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([PLUGIN_DIR, sysconfig.get_paths()["purelib"]]))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [*self.extra_pythonpath, PLUGIN_DIR, sysconfig.get_paths()["purelib"]]))
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(["Orthanc", "--verbose", config_path], stdout=self._log,
                                         stderr=subprocess.STDOUT, env=env)

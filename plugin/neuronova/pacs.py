@@ -1,0 +1,20 @@
+"""What the plugin needs from the PACS it runs in; the Orthanc adapter provides it, tests may fake it."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Pacs(Protocol):
+    def store(self, dicom: bytes) -> dict:
+        """Store one DICOM file as any ingest would (POST /instances); Orthanc's JSON answer.
+        Raises StoreRejected."""
+
+    def transfer_syntax(self, instance_id: str) -> str:
+        """The stored file's transfer syntax UID. Raises NotFound for an unknown instance."""
+
+    def instance_file(self, instance_id: str) -> bytes:
+        """The stored DICOM file."""
+
+    def core_get(self, uri: str) -> bytes:
+        """Orthanc's own answer to GET uri, bypassing the plugin's routes."""
