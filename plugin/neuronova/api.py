@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
+from urllib.parse import quote
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -11,7 +13,10 @@ from .config import Settings
 from .directory import PatientDirectory, patient_from_json
 from .directory.model import validate_patient_id
 from .errors import BadRequest, MethodNotAllowed, NeuroNovaError, NotFound
+from .history import IngestHistory
+from .ingest import Ingest
 from .pacs import Pacs
+from .reconcile import ACTIONS
 from .preview import HTJ2K_SYNTAXES, render_preview
 from .upload import UploadService
 
@@ -60,17 +65,31 @@ def answer(handler: Handler, request: Request) -> Response:
         return json_response(500, {"success": False, "error": f"internal error: {type(error).__name__}: {error}"})
 
 
+def _limit(request: Request, default: int, maximum: int) -> int:
+    raw = request.query.get("limit", str(default))
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise BadRequest(f"limit: must be an integer between 1 and {maximum}, got {raw!r}") from None
+    if not 1 <= limit <= maximum:
+        raise BadRequest(f"limit: must be an integer between 1 and {maximum}, got {limit}")
+    return limit
+
+
 def _allow(request: Request, *methods: str) -> None:
     if request.method not in methods:
         raise MethodNotAllowed(f"method {request.method} not allowed here; use {' or '.join(methods)}", methods)
 
 
 class Api:
-    def __init__(self, settings: Settings, directory: PatientDirectory, uploads: UploadService, pacs: Pacs):
+    def __init__(self, settings: Settings, directory: PatientDirectory, uploads: UploadService, pacs: Pacs,
+                 ingest: Ingest, history: IngestHistory):
         self.settings = settings
         self.directory = directory
         self.uploads = uploads
         self.pacs = pacs
+        self.ingest = ingest
+        self.history = history
 
     def routes(self) -> list[tuple[str, Handler]]:
         """(Orthanc URI regex, handler) pairs for the adapter to register."""
@@ -79,21 +98,16 @@ class Api:
             ("/neuronova/patients/(.+)", self.one_patient),
             ("/neuronova/upload", self.upload),
             ("/neuronova/upload/(.+)", self.upload),
+            ("/neuronova/history", self.query_history),
             # Core URIs: the plugin answers for HTJ2K instances and hands every other one back to Orthanc.
             ("/instances/([^/]+)/preview", self.preview),
             ("/instances/([^/]+)/frames/([0-9]+)/preview", self.preview),
+            ("/instances", self.instances),
         ]
 
     def search_patients(self, request: Request) -> Response:
         _allow(request, "GET")
-        max_limit = self.settings.directory.search_max_limit
-        raw_limit = request.query.get("limit", "50")
-        try:
-            limit = int(raw_limit)
-        except ValueError:
-            raise BadRequest(f"limit: must be an integer between 1 and {max_limit}, got {raw_limit!r}") from None
-        if not 1 <= limit <= max_limit:
-            raise BadRequest(f"limit: must be an integer between 1 and {max_limit}, got {limit}")
+        limit = _limit(request, 50, self.settings.directory.search_max_limit)
         patients, total = self.directory.search(request.query.get("search", ""), limit)
         return json_response(200, {"success": True, "patients": [p.to_json() for p in patients], "total": total})
 
@@ -134,3 +148,31 @@ class Api:
         image, content_type = render_preview(self.pacs.instance_file(instance_id), frame,
                                              request.headers.get("accept", ""))
         return Response(200, image, content_type)
+
+    def query_history(self, request: Request) -> Response:
+        _allow(request, "GET")
+        limit = _limit(request, 100, 10000)
+        action = request.query.get("action", "")
+        if action and action not in ACTIONS:
+            raise BadRequest(f"action: must be one of {', '.join(ACTIONS)}, got {action!r}")
+        since = request.query.get("since", "")
+        if since:
+            try:
+                datetime.datetime.fromisoformat(since)
+            except ValueError:
+                raise BadRequest(f"since: must be an ISO date or date-time (UTC), got {since!r}") from None
+        entries = self.history.query(since=since, study=request.query.get("study", ""),
+                                     patient=request.query.get("patient", ""), action=action, limit=limit)
+        return json_response(200, {"success": True, "count": len(entries), "entries": entries})
+
+    def instances(self, request: Request) -> Response:
+        """POST /instances runs the ingest pipeline in this REST thread (in parallel, unlike Orthanc's
+        received-instance callback); GET is Orthanc's own answer."""
+        _allow(request, "GET", "POST")
+        if request.method == "GET":
+            query = "&".join(f"{quote(k)}={quote(v)}" if v else quote(k) for k, v in request.query.items())
+            return Response(200, self.pacs.core_get("/instances" + ("?" + query if query else "")))
+        if request.body.startswith(b"PK\x03\x04"):  # Orthanc unpacks ZIP bodies itself
+            return Response(200, json.dumps(self.pacs.store(request.body)).encode())
+        answer = self.ingest.store(request.body, "rest", self.pacs.store)
+        return json_response(200, answer)

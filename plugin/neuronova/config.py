@@ -6,7 +6,7 @@ Unknown keys and bad values raise ConfigError naming the key, which stops the pl
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -16,6 +16,7 @@ from pydicom.uid import (
 )
 
 from .errors import ConfigError
+from .reconcile import ReconcileSettings
 from .transcoder import TranscodeSettings
 
 SECTION = "NeuroNova"
@@ -26,11 +27,30 @@ UNCOMPRESSED_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndian, Explici
 
 
 @dataclass(frozen=True)
+class FhirSettings:
+    """NeuroNova.Directory.Fhir: the hospital EMR's FHIR R4 server (Backend "fhir")."""
+
+    base_url: str
+    mrn_system: str  # the identifier system of the hospital's canonical MRN
+    auth_type: str = "none"  # none | bearer | basic
+    token: str = field(default="", repr=False)
+    username: str = ""
+    password: str = field(default="", repr=False)
+    issuer_systems: tuple[tuple[str, str], ...] = ()  # (DICOM Issuer of Patient ID, FHIR identifier system)
+    connect_timeout: float = 3.0
+    read_timeout: float = 10.0
+    cache_seconds: float = 60.0  # patients found
+    miss_cache_seconds: float = 10.0  # identifiers the EMR does not know
+    retry_after_seconds: float = 10.0  # after a failure, fail at once for this long instead of waiting again
+
+
+@dataclass(frozen=True)
 class DirectorySettings:
     backend: str = "embedded"
     database: str = ""  # SQLite file of the embedded registry
     seed_file: str = BUNDLED_SEED
     search_max_limit: int = 500
+    fhir: FhirSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +66,8 @@ class Settings:
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     upload: UploadSettings = field(default_factory=UploadSettings)
     transcoding: TranscodeSettings = field(default_factory=TranscodeSettings)
+    reconciliation: ReconcileSettings = field(default_factory=ReconcileSettings)
+    history_database: str = ""
 
 
 class _Section:
@@ -81,6 +103,46 @@ def _positive(value: int) -> bool:
     return value > 0
 
 
+def _seconds(section: _Section, key: str, default: float, allow_zero: bool = False) -> float:
+    value = section.get(key, object, default,
+                        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0),
+                        "must be a number of seconds, 0 or more" if allow_zero else "must be a positive number of seconds")
+    return float(value)
+
+
+def _fhir_settings(fhir: _Section, required: bool) -> FhirSettings | None:
+    """NeuroNova.Directory.Fhir; BaseUrl and MrnSystem are required when Backend is "fhir"."""
+    base_url = fhir.get("BaseUrl", str, "", lambda v: v.startswith(("http://", "https://")),
+                        "must be an http:// or https:// URL")
+    mrn_system = fhir.get("MrnSystem", str, "")
+    auth = fhir.section("Auth")
+    auth_type = auth.get("Type", str, "none", lambda v: v in ("none", "bearer", "basic"),
+                         "must be 'none', 'bearer' or 'basic'")
+    token, username, password = auth.get("Token", str, ""), auth.get("Username", str, ""), auth.get("Password", str, "")
+    auth.done()
+    issuers = fhir.get("IssuerSystems", dict, {}, lambda v: all(isinstance(s, str) and s for s in v.values()),
+                       "must map DICOM issuer texts to FHIR identifier system URIs")
+    settings = dict(
+        connect_timeout=_seconds(fhir, "ConnectTimeoutSeconds", 3.0),
+        read_timeout=_seconds(fhir, "ReadTimeoutSeconds", 10.0),
+        cache_seconds=_seconds(fhir, "CacheSeconds", 60.0, allow_zero=True),
+        miss_cache_seconds=_seconds(fhir, "MissCacheSeconds", 10.0, allow_zero=True),
+        retry_after_seconds=_seconds(fhir, "RetryAfterSeconds", 10.0, allow_zero=True),
+    )
+    fhir.done()
+    if not required:
+        return None
+    for key, value in (("BaseUrl", base_url), ("MrnSystem", mrn_system)):
+        if not value.strip():
+            raise ConfigError(f"{fhir.path}.{key}: required when NeuroNova.Directory.Backend is 'fhir'")
+    if auth_type == "bearer" and not token:
+        raise ConfigError(f"{auth.path}.Token: required when {auth.path}.Type is 'bearer'")
+    if auth_type == "basic" and not username:
+        raise ConfigError(f"{auth.path}.Username: required when {auth.path}.Type is 'basic'")
+    return FhirSettings(base_url=base_url.strip(), mrn_system=mrn_system.strip(), auth_type=auth_type, token=token,
+                        username=username, password=password, issuer_systems=tuple(issuers.items()), **settings)
+
+
 def load_settings(orthanc_config: dict) -> Settings:
     """Build Settings from Orthanc's whole configuration (its storage folder gives default paths)."""
     root = _Section(orthanc_config.get(SECTION, {}), SECTION)
@@ -88,11 +150,14 @@ def load_settings(orthanc_config: dict) -> Settings:
 
     directory = root.section("Directory")
     directory_settings = DirectorySettings(
-        backend=directory.get("Backend", str, "embedded", lambda v: v == "embedded", "must be 'embedded'"),
+        backend=directory.get("Backend", str, "embedded", lambda v: v in ("embedded", "fhir"),
+                              "must be 'embedded' or 'fhir'"),
         database=directory.get("Database", str, "") or os.path.join(storage, "neuronova", "registry.sqlite"),
         seed_file=directory.get("SeedFile", str, "") or BUNDLED_SEED,
         search_max_limit=directory.get("SearchMaxLimit", int, 500, _positive, "must be positive"),
     )
+    fhir_settings = _fhir_settings(directory.section("Fhir"), required=directory_settings.backend == "fhir")
+    directory_settings = replace(directory_settings, fhir=fhir_settings)
     directory.done()
 
     upload = root.section("Upload")
@@ -119,5 +184,25 @@ def load_settings(orthanc_config: dict) -> Settings:
     )
     transcoding.done()
 
+    reconciliation = root.section("Reconciliation")
+    reconcile_settings = ReconcileSettings(
+        enabled=reconciliation.get("Enabled", bool, True),
+        unknown_patient=reconciliation.get("UnknownPatient", str, "accept", lambda v: v in ("accept", "reject"),
+                                           "must be 'accept' or 'reject'"),
+        study_conflict=reconciliation.get("StudyConflict", str, "follow", lambda v: v in ("follow", "reject"),
+                                          "must be 'follow' or 'reject'"),
+        calling_aets=frozenset(aet.strip() for aet in reconciliation.get(
+            "CallingAETs", list, [], lambda v: all(isinstance(a, str) and 0 < len(a.strip()) <= 16 for a in v),
+            "must list AE titles (1 to 16 characters)")),
+        cache_seconds=float(reconciliation.get("CacheSeconds", int, 600, lambda v: v >= 0, "must be 0 or more")),
+        reject_status=reconciliation.get("RejectStatus", int, 0xC000, lambda v: 0xA000 <= v <= 0xCFFF,
+                                         "must be a DIMSE failure status (0xA000 to 0xCFFF)"),
+    )
+    reconciliation.done()
+
+    history = root.section("History")
+    history_database = history.get("Database", str, "") or os.path.join(storage, "neuronova", "history.sqlite")
+    history.done()
+
     root.done()
-    return Settings(directory_settings, upload_settings, transcode_settings)
+    return Settings(directory_settings, upload_settings, transcode_settings, reconcile_settings, history_database)

@@ -27,6 +27,12 @@ class PatientNotFound(NotFound):
         self.patient_id = patient_id
 
 
+class PatientRejected(NeuroNovaError):
+    """Reconciliation refused the instance: unknown patient, or a study that would be split."""
+
+    http_status = 409
+
+
 class MethodNotAllowed(NeuroNovaError):
     http_status = 405
 

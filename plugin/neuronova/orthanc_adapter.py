@@ -11,7 +11,10 @@ from .api import Api, Request, Response, answer
 from .config import Settings, load_settings
 from .directory import EmbeddedRegistry, PatientDirectory
 from .errors import CoreCannotAnswer, NotFound, StoreRejected
-from .transcoder import transcode
+from .history import IngestHistory
+from .ingest import DISCARD, MODIFY, Ingest
+from .metrics import Metrics
+from .reconcile import Reconciler
 from .upload import UploadService
 
 log = logging.getLogger("neuronova")
@@ -45,16 +48,27 @@ def start(sdk) -> None:
     settings = load_settings(json.loads(sdk.GetConfiguration()))
     directory = _build_directory(settings)
     pacs = OrthancPacs(sdk)
-    uploads = UploadService(directory, pacs.store, settings.upload)
-    api = Api(settings, directory, uploads, pacs)
+    history = IngestHistory(settings.history_database)
+    metrics = Metrics(lambda name, value: sdk.SetMetricsValue(name, value, sdk.MetricsType.DEFAULT))
+    ingest = Ingest(settings.transcoding, Reconciler(directory, settings.reconciliation, pacs.study_owner),
+                    history, metrics)
+    uploads = UploadService(directory, lambda data, assigned: ingest.store(data, "upload", pacs.store, assigned),
+                            settings.upload)
+    api = Api(settings, directory, uploads, pacs, ingest, history)
     for uri, route in api.routes():
         sdk.RegisterRestCallback(uri, _rest_callback(sdk, route))
-    sdk.RegisterReceivedInstanceCallback(_received_instance_callback(sdk, settings))
-    log.info("started: directory %s, transcoding to %s (verify %s)", settings.directory.backend,
-             settings.transcoding.target, "on" if settings.transcoding.verify else "off")
+    sdk.RegisterReceivedInstanceCallback(_received_instance_callback(sdk, ingest))
+    sdk.RegisterIncomingCStoreInstanceFilter(
+        lambda instance: ingest.cstore_filter(instance.GetInstanceData(), instance.GetInstanceRemoteAet(), pacs.store))
+    log.info("started: directory %s, transcoding to %s (verify %s), reconciliation %s",
+             settings.directory.backend, settings.transcoding.target, "on" if settings.transcoding.verify else "off",
+             "on" if settings.reconciliation.enabled else "off")
 
 
 def _build_directory(settings: Settings) -> PatientDirectory:
+    if settings.directory.backend == "fhir":
+        from .directory.fhir import FhirDirectory
+        return FhirDirectory(settings.directory.fhir)
     return EmbeddedRegistry(settings.directory.database, settings.directory.seed_file)
 
 
@@ -80,6 +94,14 @@ class OrthancPacs:
 
     def instance_file(self, instance_id: str) -> bytes:
         return self.sdk.RestApiGet(f"/instances/{instance_id}/file")
+
+    def study_owner(self, study_instance_uid: str) -> dict[str, str] | None:
+        matches = json.loads(self.sdk.RestApiPost("/tools/lookup", study_instance_uid))
+        study = next((match for match in matches if match.get("Type") == "Study"), None)
+        if study is None:
+            return None
+        tags = json.loads(self.sdk.RestApiGet(f"/studies/{study['ID']}")).get("PatientMainDicomTags", {})
+        return {key: tags.get(key, "") for key in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")}
 
     def core_get(self, uri: str) -> bytes:
         try:
@@ -120,14 +142,14 @@ def _send(sdk, output, response: Response) -> None:
         output.SendHttpStatus(response.status, text, len(response.body))
 
 
-def _received_instance_callback(sdk, settings: Settings):
-    keep, modify = sdk.ReceivedInstanceAction.KEEP_AS_IS, sdk.ReceivedInstanceAction.MODIFY
+def _received_instance_callback(sdk, ingest: Ingest):
+    actions = sdk.ReceivedInstanceAction
+    paths = {sdk.InstanceOrigin.DICOM_PROTOCOL: "dicom", sdk.InstanceOrigin.REST_API: "rest",
+             sdk.InstanceOrigin.PLUGIN: "plugin", sdk.InstanceOrigin.LUA: "lua", sdk.InstanceOrigin.WEB_DAV: "webdav"}
 
     def callback(received: bytes, origin):
-        try:
-            result = transcode(received, settings.transcoding)
-            return (modify, result.data) if result.changed else (keep, None)
-        except Exception:  # never let Orthanc see an exception: it would still store, but log noise
-            log.exception("Received-instance callback failed; storing the original")
-            return keep, None
+        action, data = ingest.received(received, paths.get(origin, "unknown"))
+        if action == MODIFY:
+            return actions.MODIFY, data
+        return (actions.DISCARD if action == DISCARD else actions.KEEP_AS_IS), None
     return callback

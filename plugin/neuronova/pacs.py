@@ -17,4 +17,7 @@ class Pacs(Protocol):
         """The stored DICOM file."""
 
     def core_get(self, uri: str) -> bytes:
-        """Orthanc's own answer to GET uri, bypassing the plugin's routes."""
+        """Orthanc's own answer to GET uri (query string allowed), bypassing the plugin's routes."""
+
+    def study_owner(self, study_instance_uid: str) -> dict[str, str] | None:
+        """The four patient tags of the study stored under this StudyInstanceUID, or None."""

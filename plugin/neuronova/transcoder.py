@@ -8,6 +8,12 @@ elements it needs and the output is spliced together from the original bytes
 Implicit VR and big-endian input need every element re-encoded, which is left to
 pydicom (slower, but correct).
 
+Colour: RGB is encoded with the reversible colour transform (RCT) and declared
+YBR_RCT, as DICOM requires for a JPEG 2000 codestream using it. On real RGB
+(ultrasound, secondary captures) this halves the output and encodes faster than
+coding R, G and B separately; decoders (OpenJPEG, OpenJPH, pydicom, Cornerstone)
+undo it and hand back RGB. YBR_FULL is already decorrelated and is coded as is.
+
 Whatever happens, ``transcode`` returns a result: on any doubt the original bytes
 object is handed back unchanged, so the instance is stored as it arrived.
 """
@@ -88,9 +94,10 @@ def transcode(dicom: bytes, settings: TranscodeSettings) -> TranscodeResult:
     try:
         result = _transcode(dicom, settings, state)
     except _Skip as skip:
+        log.debug("SOP Instance %s stored as received: %s", state.sop_uid or "?", skip)
         return state.unchanged(dicom, "skipped", str(skip))
     except Exception as error:  # the contract: never raise, store the original
-        reason = str(error) if isinstance(error, TranscodeError) else f"{type(error).__name__}: {error}"
+        reason = _describe(error)
         log.warning("transcoding failed for SOP Instance %s, stored as received: %s", state.sop_uid or "?", reason)
         return state.unchanged(dicom, "failed", reason)
     log.debug(
@@ -105,6 +112,14 @@ def transcode(dicom: bytes, settings: TranscodeSettings) -> TranscodeResult:
     return result
 
 
+def _describe(error: Exception) -> str:
+    """One line naming the exception; pydicom sometimes puts a whole traceback in the message."""
+    if isinstance(error, TranscodeError):
+        return str(error)
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line[:300]}".rstrip(": ")
+
+
 @dataclass
 class _State:
     """What is known so far, so that a failure at any point still reports it."""
@@ -114,7 +129,9 @@ class _State:
     size: int = 0
 
     def unchanged(self, dicom: bytes, outcome: str, reason: str) -> TranscodeResult:
-        return TranscodeResult(dicom, False, outcome, reason, self.syntax, self.syntax, self.size, self.size, self.sop_uid)
+        return TranscodeResult(
+            dicom, False, outcome, reason, self.syntax, self.syntax, self.size, self.size, self.sop_uid
+        )
 
 
 def _transcode(dicom: bytes, settings: TranscodeSettings, state: _State) -> TranscodeResult:
@@ -151,15 +168,18 @@ def _transcode(dicom: bytes, settings: TranscodeSettings, state: _State) -> Tran
 
     _check(image, settings)
     frames = _frames(image)
-    backend, codestreams, fallback_note = _encode_with_fallback(backends, frames, image.bits_stored, settings, state)
+    rct = image.photometric == "RGB"
+    backend, codestreams, fallback_note = _encode_with_fallback(backends, frames, image.bits_stored, rct, settings, state)
 
     pixel_items = encapsulate(codestreams, has_bot=True)
+    photometric = "YBR_RCT" if rct else None
     if dataset is None:
-        out = _splice(body, meta, layout, backend.TRANSFER_SYNTAX, pixel_items)
+        out = _splice(body, meta, layout, backend.TRANSFER_SYNTAX, pixel_items, photometric)
     else:
-        out = _write_with_pydicom(dataset, image, backend.TRANSFER_SYNTAX, pixel_items)
+        out = _write_with_pydicom(dataset, image, backend.TRANSFER_SYNTAX, pixel_items, photometric)
+    syntax_after = str(backend.TRANSFER_SYNTAX)
     return TranscodeResult(
-        out, True, "transcoded", fallback_note, meta.syntax, str(backend.TRANSFER_SYNTAX), state.size, len(out), state.sop_uid
+        out, True, "transcoded", fallback_note, meta.syntax, syntax_after, state.size, len(out), state.sop_uid
     )
 
 
@@ -190,6 +210,7 @@ class _Image:
     samples: int | None = None
     bits_allocated: int | None = None
     bits_stored: int | None = None
+    high_bit: int | None = None
     pixel_representation: int = 0
     photometric: str = ""
     planar: int = 0
@@ -233,6 +254,9 @@ def _check(image: _Image, settings: TranscodeSettings) -> None:
         image.bits_stored = image.bits_allocated
     if not 1 <= image.bits_stored <= image.bits_allocated:
         raise TranscodeError(f"BitsStored {image.bits_stored} does not fit BitsAllocated {image.bits_allocated}")
+    if image.high_bit is not None and image.high_bit != image.bits_stored - 1:
+        # values not in the low bits: masking to BitsStored would destroy them
+        raise _Skip(f"HighBit {image.high_bit} is not BitsStored - 1 ({image.bits_stored - 1})")
     if (image.photometric, image.samples) not in _SUPPORTED_PHOTOMETRIC:
         raise _Skip(
             f"photometric interpretation {image.photometric or '(none)'} with "
@@ -293,16 +317,20 @@ def _frames(image: _Image) -> np.ndarray:
 
 
 def _encode_with_fallback(
-    backends: list[ModuleType], frames: np.ndarray, bits_stored: int, settings: TranscodeSettings, state: _State
+    backends: list[ModuleType],
+    frames: np.ndarray,
+    bits_stored: int,
+    rct: bool,
+    settings: TranscodeSettings,
+    state: _State,
 ) -> tuple[ModuleType, list[bytes], str]:
     """Encode every frame with the first backend that succeeds (and verifies)."""
     problems = []
     for backend in backends:
         try:
-            codestreams = _encode_frames(backend, frames, bits_stored, settings)
+            codestreams = _encode_frames(backend, frames, bits_stored, rct, settings)
         except Exception as error:
-            reason = str(error) if isinstance(error, TranscodeError) else f"{type(error).__name__}: {error}"
-            problems.append(f"{backend.NAME}: {reason}")
+            problems.append(f"{backend.NAME}: {_describe(error)}")
             continue
         note = "; ".join(problems)
         if note:
@@ -311,13 +339,14 @@ def _encode_with_fallback(
     raise TranscodeError("; ".join(problems))
 
 
-def _encode_frames(backend: ModuleType, frames: np.ndarray, bits_stored: int, settings: TranscodeSettings) -> list[bytes]:
-    if len(frames) == 1 or settings.frame_threads <= 1:
-        return [_encode_frame(backend, frame, bits_stored, settings.verify, i) for i, frame in enumerate(frames)]
+def _encode_frames(
+    backend: ModuleType, frames: np.ndarray, bits_stored: int, rct: bool, settings: TranscodeSettings
+) -> list[bytes]:
+    jobs = [(backend, frame, bits_stored, rct, settings.verify, index) for index, frame in enumerate(frames)]
+    if len(jobs) == 1 or settings.frame_threads <= 1:
+        return [_encode_frame(*job) for job in jobs]
     pool = _executor(settings.frame_threads)
-    futures = [
-        pool.submit(_encode_frame, backend, frame, bits_stored, settings.verify, i) for i, frame in enumerate(frames)
-    ]
+    futures = [pool.submit(_encode_frame, *job) for job in jobs]
     try:
         return [future.result() for future in futures]
     finally:
@@ -325,11 +354,19 @@ def _encode_frames(backend: ModuleType, frames: np.ndarray, bits_stored: int, se
             future.cancel()
 
 
-def _encode_frame(backend: ModuleType, frame: np.ndarray, bits_stored: int, verify: bool, index: int) -> bytes:
-    codestream = backend.encode(frame, bits_stored)
+def _encode_frame(
+    backend: ModuleType, frame: np.ndarray, bits_stored: int, rct: bool, verify: bool, index: int
+) -> bytes:
+    """Encode one frame; with verify, decode it again and demand the very same values.
+
+    The decoded width may be narrower (J2K declares BitsStored, so 8 stored bits in
+    16 decode as uint8), the signedness may not.
+    """
+    codestream = backend.encode(frame, bits_stored, rct)
     if verify:
         decoded = backend.decode(codestream)
-        if decoded.dtype != frame.dtype or decoded.shape != frame.shape or not np.array_equal(decoded, frame):
+        same_kind = decoded.dtype.kind == frame.dtype.kind and decoded.shape == frame.shape
+        if not (same_kind and np.array_equal(decoded, frame)):
             raise TranscodeError(f"verification mismatch in frame {index + 1}")
     return codestream
 
@@ -355,12 +392,14 @@ _UINT32 = struct.Struct("<I")
 _UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _SHORT_VRS = frozenset(
-    {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
+    {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO"}
+    | {b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 )
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA, _FLOAT_PIXELS, _DOUBLE_PIXELS = 0x7FE00010, 0x7FE00008, 0x7FE00009
-_PIXEL_GROUP_LENGTH, _PLANAR_CONFIGURATION, _TRAILING_PADDING = 0x7FE00000, 0x00280006, 0xFFFCFFFC
-_SOP_INSTANCE_UID = 0x00080018
+_PHOTOMETRIC, _PLANAR_CONFIGURATION, _TRAILING_PADDING = 0x00280004, 0x00280006, 0xFFFCFFFC
+# Retired group lengths that the new Photometric Interpretation / Pixel Data would falsify
+_STALE_GROUP_LENGTHS = frozenset({0x00280000, 0x7FE00000})
 _US_FIELDS = {
     0x00280002: "samples",
     0x00280006: "planar",
@@ -368,6 +407,7 @@ _US_FIELDS = {
     0x00280011: "columns",
     0x00280100: "bits_allocated",
     0x00280101: "bits_stored",
+    0x00280102: "high_bit",
     0x00280103: "pixel_representation",
 }
 _TEXT_FIELDS = {0x00080018: "sop_uid", 0x00280004: "photometric"}
@@ -387,9 +427,8 @@ class _Layout:
     """Byte spans of the top-level elements the output has to change."""
 
     pixel_start: int  # first byte of the Pixel Data element
-    planar_value: int | None  # offset of a PlanarConfiguration value to set to 0
-    removed: list[tuple[int, int]]  # spans dropped from the output, in file order
-    trailing: list[tuple[int, int]]  # elements after Pixel Data that are kept
+    spans: dict[int, tuple[int, int]] = field(default_factory=dict)  # tag -> (start, end) of whole elements
+    trailing: list[tuple[int, int]] = field(default_factory=list)  # elements after Pixel Data that are kept
 
 
 def _element(data: bytes, pos: int) -> tuple[int, bytes, int, int]:
@@ -410,15 +449,19 @@ def _read_meta(data: bytes) -> _Meta:
     """Parse the File Meta Information (always Explicit VR Little Endian)."""
     if len(data) < 144 or data[128:132] != b"DICM":
         raise TranscodeError("not a DICOM Part 10 file (no 'DICM' prefix at byte 128)")
-    pos, elements, values = 132, [], {}
+    pos, elements, values, stated_end = 132, [], {}, None
     try:
         while pos + 8 <= len(data) and data[pos : pos + 2] == b"\x02\x00":
+            if pos == stated_end and _text(values.get(0x00020010, b"")) == DeflatedExplicitVRLittleEndian:
+                break  # a deflate stream may well start with bytes that look like group 0002
             tag, _, start, length = _element(data, pos)
             end = start + length
             if length == _UNDEFINED or end > len(data):
                 raise TranscodeError(f"malformed file meta element ({tag >> 16:04X},{tag & 0xFFFF:04X})")
             elements.append((tag, pos, end))
             values[tag] = data[start:end]
+            if tag == 0x00020000 and length == 4:
+                stated_end = end + _UINT32.unpack_from(data, start)[0]
             pos = end
     except (_SlowPath, struct.error):
         raise TranscodeError("malformed file meta information") from None
@@ -475,8 +518,7 @@ def _scan_explicit_le(data: bytes, pos: int) -> tuple[_Image, _Layout]:
 
 
 def _scan(data: bytes, pos: int) -> tuple[_Image, _Layout]:
-    image = _Image()
-    planar_value, removed, size = None, [], len(data)
+    image, spans, size = _Image(), {}, len(data)
     while pos < size:
         tag, vr, start, length = _element(data, pos)
         if tag == _PIXEL_DATA:
@@ -487,10 +529,10 @@ def _scan(data: bytes, pos: int) -> tuple[_Image, _Layout]:
         end = start + length
         if end > size:
             raise _SlowPath("element runs past the end of the file")
+        if tag in (_PHOTOMETRIC, _PLANAR_CONFIGURATION) or tag in _STALE_GROUP_LENGTHS:
+            spans[tag] = (pos, end)
         if tag in _US_FIELDS and length >= 2:
             setattr(image, _US_FIELDS[tag], data[start] | data[start + 1] << 8)
-            if tag == _PLANAR_CONFIGURATION:
-                planar_value = start
         elif tag in _TEXT_FIELDS:
             setattr(image, _TEXT_FIELDS[tag], _text(data[start:end]))
         elif tag == _NUMBER_OF_FRAMES:
@@ -503,11 +545,9 @@ def _scan(data: bytes, pos: int) -> tuple[_Image, _Layout]:
                 image.overlay_data.add(group)
         elif tag in (_FLOAT_PIXELS, _DOUBLE_PIXELS):
             image.has_float_pixels = True
-        elif tag == _PIXEL_GROUP_LENGTH:
-            removed.append((pos, end))
         pos = end
     else:
-        return image, _Layout(size, None, removed, [])
+        return image, _Layout(size, spans)
 
     if length == _UNDEFINED:
         raise TranscodeError("encapsulated pixel data in an uncompressed transfer syntax")
@@ -516,7 +556,7 @@ def _scan(data: bytes, pos: int) -> tuple[_Image, _Layout]:
         raise TranscodeError(f"pixel data is truncated ({size - start} of {length} bytes)")
     image.pixels = memoryview(data)[start:end]
     image.pixel_vr = vr.decode("ascii")
-    layout = _Layout(pos, planar_value, removed, [])
+    layout = _Layout(pos, spans)
     pos = end
     while pos < size:  # rare: elements after Pixel Data; DataSetTrailingPadding is dropped
         tag, vr, value_start, length = _element(data, pos)
@@ -542,13 +582,24 @@ def _frame_count(text: str) -> int:
     return frames
 
 
-def _splice(data: bytes, meta: _Meta, layout: _Layout, syntax: UID, pixel_items: bytes) -> bytes:
-    """Preamble + new meta + the original dataset up to Pixel Data + encapsulated Pixel Data."""
+def _splice(
+    data: bytes, meta: _Meta, layout: _Layout, syntax: UID, pixel_items: bytes, photometric: str | None
+) -> bytes:
+    """Preamble + new meta + the original dataset up to Pixel Data + encapsulated Pixel Data.
+
+    Only whole top-level elements are replaced, so no other length changes.
+    """
     parts: list[bytes | memoryview] = [data[:132], _file_meta(data, meta, syntax)]
     view = memoryview(data)
-    edits = [(start, end, b"") for start, end in layout.removed]
-    if layout.planar_value is not None:
-        edits.append((layout.planar_value, layout.planar_value + 2, b"\x00\x00"))
+    edits = []
+    for tag, (start, end) in layout.spans.items():
+        if tag in _STALE_GROUP_LENGTHS:
+            edits.append((start, end, b""))
+        elif tag == _PLANAR_CONFIGURATION:
+            edits.append((start, end, b"\x28\x00\x06\x00US\x02\x00\x00\x00"))
+        elif tag == _PHOTOMETRIC and photometric:
+            value = photometric.encode("ascii") + b" " * (len(photometric) & 1)
+            edits.append((start, end, b"\x28\x00\x04\x00CS" + struct.pack("<H", len(value)) + value))
     pos = meta.end
     for start, end, replacement in sorted(edits):
         parts += [view[pos:start], replacement]
@@ -585,6 +636,7 @@ def _read_with_pydicom(data: bytes) -> tuple[_Image, None, pydicom.Dataset]:
         samples=dataset.get("SamplesPerPixel"),
         bits_allocated=dataset.get("BitsAllocated"),
         bits_stored=dataset.get("BitsStored"),
+        high_bit=dataset.get("HighBit"),
         pixel_representation=dataset.get("PixelRepresentation") or 0,
         photometric=str(dataset.get("PhotometricInterpretation", "") or "").strip(),
         planar=dataset.get("PlanarConfiguration") or 0,
@@ -607,21 +659,26 @@ def _read_with_pydicom(data: bytes) -> tuple[_Image, None, pydicom.Dataset]:
     return image, None, dataset
 
 
-def _write_with_pydicom(dataset: pydicom.Dataset, image: _Image, syntax: UID, pixel_items: bytes) -> bytes:
+def _write_with_pydicom(
+    dataset: pydicom.Dataset, image: _Image, syntax: UID, pixel_items: bytes, photometric: str | None
+) -> bytes:
     """Re-encode the whole dataset as Explicit VR Little Endian with encapsulated Pixel Data.
 
-    pydicom converts numbers and text between encodings itself but leaves binary
-    VRs alone, so big-endian OW/OF/... values (LUT data, overlays) are swapped here.
+    Iterating converts every raw element into a typed one (VR from the dictionary
+    where the file had none, e.g. an Implicit VR dataset labelled Explicit), which
+    pydicom then re-encodes. Binary VRs are not converted by pydicom, so big-endian
+    OW/OF/... values (LUT data, overlays) are swapped here.
     """
-    if image.big_endian:
-        for element in dataset.iterall():
-            width = _SWAP_WIDTHS.get(element.VR)
-            if width and element.tag != _PIXEL_DATA and element.value:
-                element.value = np.frombuffer(element.value, f">u{width}").astype(f"<u{width}").tobytes()
+    for element in dataset.iterall():
+        width = _SWAP_WIDTHS.get(element.VR)
+        if image.big_endian and width and element.tag != _PIXEL_DATA and element.value:
+            element.value = np.frombuffer(element.value, f">u{width}").astype(f"<u{width}").tobytes()
     dataset.PixelData = pixel_items
     element = dataset["PixelData"]
     element.VR = "OB"
     element.is_undefined_length = True
+    if photometric:
+        dataset.PhotometricInterpretation = photometric
     if image.samples == 3 and "PlanarConfiguration" in dataset:
         dataset.PlanarConfiguration = 0
     dataset.file_meta.TransferSyntaxUID = syntax

@@ -23,8 +23,9 @@ ORTHANC_RESPONSE_KEYS = ("ID", "ParentPatient", "ParentSeries", "ParentStudy", "
 _ZIP_MAGIC = b"PK\x03\x04"
 _IGNORED_ZIP_PREFIXES = ("__MACOSX/",)
 
-#: Stores one DICOM file in Orthanc and returns Orthanc's JSON answer; raises StoreRejected.
-StoreFunction = Callable[[bytes], dict]
+#: Stores one DICOM file through the ingest pipeline (True: a person assigned its patient) and
+#: returns Orthanc's JSON answer; raises StoreRejected or PatientRejected.
+StoreFunction = Callable[[bytes, bool], dict]
 
 
 class UploadService:
@@ -66,7 +67,7 @@ class UploadService:
                 dcmwrite(buffer, dataset, enforce_file_format=True)
                 data = buffer.getvalue()
                 log.info("Instance %s assigned to the EMR patient (changed %s)", sop_instance_uid, ", ".join(changed))
-        answer = self.store(data)
+        answer = self.store(data, patient is not None)
         stored = {key: answer.get(key) for key in ORTHANC_RESPONSE_KEYS}
         stored["_patient_id"] = patient.patient_id if patient else str(dataset.get("PatientID", ""))
         log.info("Instance %s stored as %s (%s)", sop_instance_uid, stored["ID"], stored["Status"])

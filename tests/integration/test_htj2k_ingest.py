@@ -29,7 +29,9 @@ def assert_same_pixels(original, stored):
     assert stored["PixelData"].VR == "OB" and stored["PixelData"].is_undefined_length
     assert stored.get("LossyImageCompression") == original.get("LossyImageCompression")  # not set by us
     expected, actual = original.pixel_array, stored.pixel_array
-    if original.PhotometricInterpretation != stored.PhotometricInterpretation:
+    # RGB is stored with the reversible colour transform (YBR_RCT), which decodes back to the same RGB.
+    if (original.PhotometricInterpretation, stored.PhotometricInterpretation) not in (
+            (original.PhotometricInterpretation, original.PhotometricInterpretation), ("RGB", "YBR_RCT")):
         pytest.fail(f"photometric changed: {original.PhotometricInterpretation} -> {stored.PhotometricInterpretation}")
     assert actual.shape == expected.shape
     assert np.array_equal(actual, expected)

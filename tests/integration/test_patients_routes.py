@@ -5,7 +5,8 @@ def test_search_answers_in_the_predecessors_shape(pacs):
     answer = pacs.get("/neuronova/patients", params={"search": "Hong", "limit": 50})
     assert answer.status_code == 200
     assert answer.json() == {"success": True, "total": 1, "patients": [
-        {"patient_id": "P-2024-001234", "name": "Hong^Gildong", "birth_date": "1980-01-15", "gender": "male"}]}
+        {"patient_id": "P-2024-001234", "name": "Hong^Gildong", "birth_date": "1980-01-15", "gender": "male",
+         "other_ids": []}]}
 
 
 def test_search_is_partial_case_insensitive_and_limited(pacs):
@@ -28,7 +29,7 @@ def test_one_patient_and_unknown_patient(pacs):
     answer = pacs.get("/neuronova/patients/P-2024-001235")
     assert answer.status_code == 200
     assert answer.json()["patient"] == {"patient_id": "P-2024-001235", "name": "Kim^Cheolsu",
-                                        "birth_date": "1975-05-20", "gender": "male"}
+                                        "birth_date": "1975-05-20", "gender": "male", "other_ids": []}
     missing = pacs.get("/neuronova/patients/NOBODY-1")
     assert missing.status_code == 404 and missing.json()["success"] is False
 

@@ -72,7 +72,7 @@ def _flatten(ds: pydicom.Dataset, path=()) -> dict:
     out = {}
     for element in ds:
         key = path + (int(element.tag),)
-        if element.tag in (0x7FE00010, 0x00280006, 0xFFFCFFFC) or (element.tag.element == 0 and element.tag.group > 2):
+        if element.tag in (0x7FE00010, 0x00280004, 0x00280006, 0xFFFCFFFC) or (element.tag.element == 0 and element.tag.group > 2):
             continue
         if element.VR == "SQ":
             for index, item in enumerate(element.value):
@@ -104,7 +104,8 @@ def _assert_transcoded(original: bytes, result: TranscodeResult, syntax=HTJ2KLos
     # never set by us; kept when the source says it was lossy compressed before
     assert after.get("LossyImageCompression") == before.get("LossyImageCompression")
     assert "LossyImageCompressionRatio" not in after or "LossyImageCompressionRatio" in before
-    assert after.PhotometricInterpretation == before.PhotometricInterpretation
+    rct = before.PhotometricInterpretation == "RGB"
+    assert after.PhotometricInterpretation == ("YBR_RCT" if rct else before.PhotometricInterpretation)
     if after.SamplesPerPixel == 3:
         assert after.PlanarConfiguration == 0
 
@@ -118,6 +119,7 @@ def _assert_transcoded(original: bytes, result: TranscodeResult, syntax=HTJ2KLos
         assert fragment[:4] == b"\xff\x4f\xff\x51"  # raw codestream (SOC, SIZ), not JP2
         if syntax == HTJ2KLossless:
             assert b"\xff\x50" in fragment[:200]  # CAP marker: Part 15 (HT) codestream
+        assert _uses_rct(fragment) == rct
 
     _assert_meta_group_length(result.data)
     assert _flatten(after) == _flatten(before)
@@ -125,14 +127,20 @@ def _assert_transcoded(original: bytes, result: TranscodeResult, syntax=HTJ2KLos
     return after
 
 
+def _uses_rct(codestream: bytes) -> bool:
+    """The multiple component transformation flag of the COD marker segment."""
+    cod = codestream.index(b"\xff\x52")
+    return codestream[cod + 8] == 1
+
+
 def _assert_meta_group_length(data: bytes) -> None:
+    """(0002,0000) comes first and counts exactly the meta elements that follow it."""
     assert data[128:132] == b"DICM" and data[132:140] == b"\x02\x00\x00\x00UL\x04\x00"
     (length,) = struct.unpack_from("<I", data, 140)
     end = 144 + length
-    assert data[end : end + 2] != b"\x02\x00"  # the group ends exactly there
-    assert data[end - 2 : end] != b""  # and the last meta element ends there too
+    assert data[end : end + 2] != b"\x02\x00"  # no meta element after the counted ones
     pos = 144
-    while pos < end:
+    while pos < end:  # and the counted ones end exactly there
         vr = data[pos + 4 : pos + 6]
         if vr in (b"OB", b"OW", b"UN", b"UT", b"SQ"):
             pos += 12 + struct.unpack_from("<I", data, pos + 8)[0]
@@ -198,7 +206,9 @@ def test_real_files_transcode_losslessly_to_htj2k(name):
     assert result.reason == ""
 
 
-@pytest.mark.parametrize("name", ["CT_small.dcm", "693_UNCR.dcm", "emri_small.dcm", "color-pl.dcm", "OBXXXX1A_expb.dcm"])
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "693_UNCR.dcm", "emri_small.dcm", "color-pl.dcm", "OBXXXX1A_expb.dcm"]
+)
 def test_j2k_target(name):
     original = _file(name)
     after = _assert_transcoded(original, transcode(original, TranscodeSettings(target="j2k")), JPEG2000Lossless)
@@ -206,6 +216,15 @@ def test_j2k_target(name):
     fragment = _fragments(after)[1][0]
     ssiz = fragment[fragment.find(b"\xff\x51") + 40]
     assert ssiz == (after.BitsStored - 1) | (0x80 if after.PixelRepresentation else 0)
+
+
+@pytest.mark.parametrize("target, syntax", [("htj2k", HTJ2KLossless), ("j2k", JPEG2000Lossless)])
+def test_8_stored_bits_in_16(target, syntax):
+    ds = _read(_file("emri_small.dcm"))
+    ds.PixelData = (ds.pixel_array & 0xFF).astype("<u2").tobytes()
+    ds.BitsStored, ds.HighBit = 8, 7
+    original = _write(ds)
+    _assert_transcoded(original, transcode(original, TranscodeSettings(target=target)), syntax)
 
 
 def test_big_endian_palette_matches_its_little_endian_twin():
@@ -237,6 +256,13 @@ def test_fast_path_keeps_the_dataset_bytes_and_drops_trailing_padding():
     assert result.data[new_meta_end + len(dataset) :].startswith(PIXEL_DATA_HEADER)
     assert result.data.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
     assert "DataSetTrailingPadding" not in _read(result.data)
+
+
+@pytest.mark.parametrize("name", ["image_dfl.dcm", "CT_small.dcm", "emri_small.dcm", "color-pl.dcm"])
+def test_explicit_little_endian_and_deflated_use_the_fast_path(name, monkeypatch):
+    monkeypatch.setattr(transcoder, "_read_with_pydicom", lambda data: pytest.fail("slow path used"))
+    original = _file(name)
+    assert transcode(original, DEFAULT).outcome == "transcoded"
 
 
 def test_multi_frame_output_does_not_depend_on_thread_count():
@@ -312,6 +338,14 @@ def test_junk_in_unused_high_bits_is_cleared(signed, syntax):
     assert np.array_equal(raw, values)
 
 
+def test_pixels_not_in_the_low_bits_are_stored_as_is():
+    """HighBit 15 with BitsStored 12 puts the values in the top bits: masking would destroy them."""
+    ds = _read(_file("emri_small.dcm"))
+    ds.HighBit = 15
+    original = _write(ds)
+    _skipped(original, transcode(original, DEFAULT), "HighBit 15 is not BitsStored - 1 (11)")
+
+
 def test_clearing_junk_helps_compression():
     original, values = _with_junk("CT_small.dcm", 12, False)
     clean = _read(original)
@@ -347,6 +381,7 @@ def test_overlay_with_its_own_data_is_not_embedded():
     _assert_transcoded(original, transcode(original, DEFAULT))
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # SC_rgb_jpeg.dcm's own encoding is odd
 @pytest.mark.parametrize(
     "name",
     [
@@ -420,7 +455,7 @@ def test_min_pixel_bytes():
 
 
 def test_htj2k_encoder_exception_falls_back_to_j2k(monkeypatch, caplog):
-    def broken(frame, bits_stored=None):
+    def broken(frame, *args):
         raise RuntimeError("encoder exploded")
 
     monkeypatch.setattr(htj2k, "encode", broken)
@@ -434,7 +469,7 @@ def test_htj2k_encoder_exception_falls_back_to_j2k(monkeypatch, caplog):
 
 def test_corrupted_htj2k_codestream_falls_back_to_j2k(monkeypatch):
     real = htj2k.encode
-    monkeypatch.setattr(htj2k, "encode", lambda frame, bits_stored=None: real(frame, bits_stored)[:-200])
+    monkeypatch.setattr(htj2k, "encode", lambda frame, *args: real(frame, *args)[:-200])
     original = _file("MR_small.dcm")
     result = transcode(original, DEFAULT)
     _assert_transcoded(original, result, JPEG2000Lossless)
@@ -483,7 +518,7 @@ def test_verification_mismatch_without_fallback_fails_with_original_bytes(monkey
 
 
 def test_encoder_failure_without_fallback_fails_with_original_bytes(monkeypatch):
-    monkeypatch.setattr(htj2k, "encode", lambda frame, bits_stored=None: b"\xff\x4f\xff\x51garbage")
+    monkeypatch.setattr(htj2k, "encode", lambda frame, *args: b"\xff\x4f\xff\x51garbage")
     original = _file("CT_small.dcm")
     _failed(original, transcode(original, TranscodeSettings(fallback_to_j2k=False)), "htj2k: ")
 
@@ -558,6 +593,7 @@ def test_garbage_never_raises(data):
     assert result.data is data and not result.changed
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom complains about the damaged values
 def test_random_corruption_never_raises():
     rng = np.random.default_rng(7)
     original = bytearray(_file("CT_small.dcm"))
@@ -582,3 +618,79 @@ def test_package_does_not_import_orthanc():
 
     assert "orthanc" not in sys.modules
     assert transcoder.log.name == "neuronova.transcoder"
+
+
+def _insert_before_patient_name(data: bytes, raw: bytes) -> bytes:
+    position = data.index(b"\x10\x00\x10\x00PN")
+    return data[:position] + raw + data[position:]
+
+
+def test_undefined_length_un_element_goes_through_pydicom(monkeypatch):
+    """UN of undefined length holds Implicit VR items the byte walker does not parse."""
+    item = b"\x10\x00\x20\x00\x04\x00\x00\x00ABCD"
+    private = (
+        b"\x09\x00\x10\x00LO\x04\x00ACME"
+        + b"\x09\x00\x01\x10UN\x00\x00\xff\xff\xff\xff"
+        + b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + item + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+        + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    )
+    original = _insert_before_patient_name(_file("CT_small.dcm"), private)
+    slow = []
+    real = transcoder._read_with_pydicom
+    monkeypatch.setattr(transcoder, "_read_with_pydicom", lambda data: slow.append(1) or real(data))
+    after = _assert_transcoded(original, transcode(original, DEFAULT))
+    assert slow == [1]
+    assert after[0x00091001].value[0].PatientID == "ABCD"
+
+
+def test_defined_and_undefined_length_sequences_stay_on_the_fast_path(monkeypatch):
+    ds = _read(_file("CT_small.dcm"))
+    inner = pydicom.Dataset()
+    inner.CodeValue, inner.CodingSchemeDesignator, inner.CodeMeaning = "T-A0100", "SRT", "Brain"
+    outer = pydicom.Dataset()
+    outer.AnatomicRegionSequence = [inner]
+    ds.ReferencedImageSequence = [outer, pydicom.Dataset()]
+    ds["ReferencedImageSequence"].is_undefined_length = False
+    original = _write(ds)
+    monkeypatch.setattr(transcoder, "_read_with_pydicom", lambda data: pytest.fail("slow path used"))
+    after = _assert_transcoded(original, transcode(original, DEFAULT))
+    assert after.ReferencedImageSequence[0].AnatomicRegionSequence[0].CodeMeaning == "Brain"
+
+
+def test_meta_saying_explicit_for_an_implicit_dataset():
+    """The walker sees no VR and hands the file to pydicom, which detects the real encoding."""
+    original = _file("MR_small_implicit.dcm")
+    explicit = _file("MR_small.dcm")
+
+    def meta_end(data):
+        return 144 + struct.unpack_from("<I", data, 140)[0]
+
+    mislabelled = explicit[: meta_end(explicit)] + original[meta_end(original) :]
+    assert mislabelled != original
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = transcode(mislabelled, DEFAULT)
+        assert result.outcome == "transcoded", result.reason
+        assert np.array_equal(_read(result.data).pixel_array, _read(original).pixel_array)
+
+
+def test_stale_group_lengths_are_dropped_when_photometric_changes():
+    """A retired (0028,0000) would be wrong once RGB becomes YBR_RCT: the fast path drops it."""
+    original = _file("SC_rgb.dcm")
+    first = original.index(b"\x28\x00\x02\x00US")  # SamplesPerPixel opens group 0028 here
+    pixels = original.index(b"\xe0\x7f\x10\x00OB")  # and Pixel Data directly follows the group
+    assert _read(original)[0x00280002].value == 3
+    group_length = b"\x28\x00\x00\x00UL\x04\x00" + struct.pack("<I", pixels - first)
+    with_length = original[:first] + group_length + original[first:]
+    result = transcode(with_length, DEFAULT)
+    after = _assert_transcoded(with_length, result)
+    assert after.PhotometricInterpretation == "YBR_RCT"
+    assert b"\x28\x00\x00\x00UL" not in result.data
+
+
+@pytest.mark.parametrize("name", ["US1_UNCR.dcm", "SC_rgb_16bit.dcm", "color-px.dcm"])
+def test_rct_pays_off_on_real_rgb(name):
+    """Why RGB becomes YBR_RCT: the colour transform shrinks real RGB images markedly."""
+    frame = _read(_file(name)).pixel_array
+    bits = frame.dtype.itemsize * 8
+    assert len(htj2k.encode(frame, bits, True)) < 0.95 * len(htj2k.encode(frame, bits, False))

@@ -2,7 +2,7 @@
 
 Every backend offers the same surface so the transcoder can try them in turn:
 ``NAME``, ``TRANSFER_SYNTAX`` (a pydicom UID), ``is_available()``,
-``missing()`` (why it is unavailable, or None), ``encode(frame, bits_stored)``
+``missing()`` (why it is unavailable, or None), ``encode(frame, bits_stored, rct)``
 and ``decode(codestream)``.
 """
 

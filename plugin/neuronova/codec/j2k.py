@@ -2,9 +2,11 @@
 
 DICOM wants a raw J2K codestream (``codecformat='J2K'``, not a JP2 file).
 ``level=0`` with ``reversible=True`` selects the 5/3 reversible wavelet without
-rate allocation, i.e. lossless. ``mct=False`` keeps the samples as given (no RCT),
-so the Photometric Interpretation stays valid. Unlike OpenJPH, OpenJPEG can
-declare the real sample precision, so Bits Stored goes into the codestream.
+rate allocation, i.e. lossless. The colour transform (``mct``, reversible here:
+RCT) is the caller's choice, as it must match the declared Photometric
+Interpretation (YBR_RCT). Unlike OpenJPH, OpenJPEG can declare the real sample
+precision, so Bits Stored goes into the codestream. Frames are parallelised by the
+caller, hence one OpenJPEG thread.
 """
 
 from __future__ import annotations
@@ -43,8 +45,11 @@ def is_available() -> bool:
     return missing() is None
 
 
-def encode(frame: np.ndarray, bits_stored: int | None = None) -> bytes:
-    """Encode one frame (H x W, or H x W x 3 interleaved) as a lossless J2K codestream."""
+def encode(frame: np.ndarray, bits_stored: int | None = None, rct: bool = False) -> bytes:
+    """Encode one frame (H x W, or H x W x 3 interleaved) as a lossless J2K codestream.
+
+    ``rct`` applies the reversible colour transform to 3-sample frames.
+    """
     reason = missing()
     if reason:
         raise CodecUnavailable(reason)
@@ -53,14 +58,14 @@ def encode(frame: np.ndarray, bits_stored: int | None = None) -> bytes:
         level=0,
         codecformat="J2K",
         reversible=True,
-        mct=False,
+        mct=rct,
         bitspersample=bits_stored,
         numthreads=1,
     )
 
 
 def decode(codestream: bytes) -> np.ndarray:
-    """Decode a codestream to H x W or H x W x samples (interleaved)."""
+    """Decode a codestream to H x W or H x W x samples (interleaved; RCT undone)."""
     reason = missing()
     if reason:
         raise CodecUnavailable(reason)

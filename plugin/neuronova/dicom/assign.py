@@ -29,18 +29,27 @@ def patient_tags(patient: Patient) -> dict[str, str]:
 
 def assign_patient(dataset: Dataset, patient: Patient, reason: str = REASON_CORRECT,
                    now: datetime.datetime | None = None) -> list[str]:
-    """Make the dataset's patient identity the EMR's; return the keywords that changed.
+    """Make the dataset's patient identity the EMR's; return the keywords that changed."""
+    return assign_identity(dataset, patient_tags(patient), reason, now)
 
-    Nothing changes (and no audit item is added) when the tags already hold the EMR's values,
+
+def changed_tags(dataset: Dataset, wanted: dict[str, str]) -> list[str]:
+    return [keyword for keyword, value in wanted.items() if str(dataset.get(keyword, "") or "") != value]
+
+
+def assign_identity(dataset: Dataset, wanted: dict[str, str], reason: str = REASON_CORRECT,
+                    now: datetime.datetime | None = None) -> list[str]:
+    """Write the four patient tags; return the keywords that changed.
+
+    Nothing changes (and no audit item is added) when the tags already hold these values,
     so that assigning twice is idempotent. Replaced values go into an Original Attributes
     Sequence item (0400,0561); a replaced Patient ID also into Other Patient IDs Sequence.
     """
-    wanted = patient_tags(patient)
-    changed = [keyword for keyword, value in wanted.items() if str(dataset.get(keyword, "") or "") != value]
+    changed = changed_tags(dataset, wanted)
     if not changed:
         return []
 
-    if not patient.name.isascii() and _UTF8 not in _character_sets(dataset):
+    if not all(value.isascii() for value in wanted.values()) and _UTF8 not in _character_sets(dataset):
         # Decode every text element with the old character set first, so that pydicom re-encodes
         # them all in UTF-8 instead of writing old bytes under the new declaration.
         dataset.decode()

@@ -15,15 +15,28 @@ _MAX_NAME_COMPONENT = 64  # DICOM PN component group
 
 
 @dataclass(frozen=True)
+class Identifier:
+    """Another identifier of a patient: a scanner's local ID, a previous MRN after a merge."""
+
+    value: str
+    issuer: str = ""  # DICOM Issuer of Patient ID; empty when the identifier has none
+
+    def to_json(self) -> dict:
+        return {"id": self.value, "issuer": self.issuer}
+
+
+@dataclass(frozen=True)
 class Patient:
-    patient_id: str
+    patient_id: str  # the EMR's canonical ID (MRN)
     name: str  # DICOM PN: Family^Given[^Middle...]
-    birth_date: str | None  # ISO YYYY-MM-DD
+    birth_date: str | None  # ISO YYYY-MM-DD; a FHIR EMR may give only YYYY or YYYY-MM
     gender: str  # one of GENDERS
+    other_ids: tuple[Identifier, ...] = ()
 
     @property
     def dicom_birth_date(self) -> str:
-        return self.birth_date.replace("-", "") if self.birth_date else ""
+        """DICOM DA YYYYMMDD; empty (unknown) for a partial date, rather than an invented day."""
+        return self.birth_date.replace("-", "") if self.birth_date and len(self.birth_date) == 10 else ""
 
     @property
     def dicom_sex(self) -> str:
@@ -36,6 +49,7 @@ class Patient:
             "name": self.name,
             "birth_date": self.birth_date,
             "gender": self.gender,
+            "other_ids": [identifier.to_json() for identifier in self.other_ids],
         }
 
 
@@ -53,7 +67,7 @@ def patient_from_json(patient_id: str, payload: object) -> Patient:
     """Validate an administrator's JSON record; every error names the field and the rule."""
     if not isinstance(payload, dict):
         raise BadRequest("body: must be a JSON object with name, birth_date and gender")
-    unknown = set(payload) - {"patient_id", "name", "birth_date", "gender"}
+    unknown = set(payload) - {"patient_id", "name", "birth_date", "gender", "other_ids"}
     if unknown:
         raise BadRequest(f"{sorted(unknown)[0]}: unknown field")
     patient_id = validate_patient_id(patient_id)
@@ -83,4 +97,23 @@ def patient_from_json(patient_id: str, payload: object) -> Patient:
     gender = payload.get("gender", "unknown")
     if gender not in GENDERS:
         raise BadRequest(f"gender: must be one of {', '.join(GENDERS)}")
-    return Patient(patient_id, name, birth_date, gender)
+    return Patient(patient_id, name, birth_date, gender, _other_ids(payload.get("other_ids", []), patient_id))
+
+
+def _other_ids(raw: object, patient_id: str) -> tuple[Identifier, ...]:
+    rule = "other_ids: must be a list of {\"id\": ..., \"issuer\": ...} objects"
+    if not isinstance(raw, list):
+        raise BadRequest(rule)
+    identifiers = []
+    for item in raw:
+        if not isinstance(item, dict) or set(item) - {"id", "issuer"} or not isinstance(item.get("issuer", ""), str):
+            raise BadRequest(rule)
+        try:
+            value = validate_patient_id(item.get("id"))
+        except BadRequest as error:
+            raise BadRequest(f"other_ids: {error}") from None
+        identifier = Identifier(value, item.get("issuer", "").strip())
+        if value == patient_id and not identifier.issuer:
+            raise BadRequest("other_ids: must not repeat the patient's own ID without an issuer")
+        identifiers.append(identifier)
+    return tuple(dict.fromkeys(identifiers))

@@ -1,0 +1,149 @@
+"""Automatic patient reconciliation: what the EMR says an incoming instance's patient is.
+
+Pure decisions (no DICOM rewriting here): the ingest pipeline applies them. Lookups are cached
+for the life of a study's arrival, so a 500-image series costs one EMR lookup, and no study is
+ever split across patients: a study already stored under one patient keeps it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .dicom.assign import patient_tags
+from .directory import Patient, PatientDirectory
+from .errors import DirectoryUnavailable
+
+ASSIGNED, COERCED, UNCHANGED, UNMATCHED, UNVERIFIED, CONFLICT, REJECTED = (
+    "assigned", "coerced", "unchanged", "unmatched", "unverified", "conflict", "rejected")
+ACTIONS = (ASSIGNED, COERCED, UNCHANGED, UNMATCHED, UNVERIFIED, CONFLICT, REJECTED)
+UNAVAILABLE_RETRY_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    enabled: bool = True
+    unknown_patient: str = "accept"  # or "reject"
+    study_conflict: str = "follow"  # follow the stored study's patient, or "reject"
+    calling_aets: frozenset[str] = frozenset()  # reconciled C-STORE senders; empty means all
+    cache_seconds: float = 600.0  # how long a study's arrival keeps its lookups
+    reject_status: int = 0xC000  # DIMSE status a modality receives for a rejected instance
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What an incoming instance says about its patient and study."""
+
+    patient_id: str
+    issuer: str
+    name: str
+    birth_date: str
+    sex: str
+    study_uid: str
+
+    def tags(self) -> dict[str, str]:
+        return {"PatientID": self.patient_id, "PatientName": self.name,
+                "PatientBirthDate": self.birth_date, "PatientSex": self.sex}
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    target: dict[str, str] | None  # the four patient tags to write; None leaves the instance as it is
+    reason: str = ""
+
+    def patient_after(self, identity: Identity) -> str:
+        return self.target["PatientID"] if self.target else identity.patient_id
+
+
+#: The patient tags of the study already stored in the PACS under this StudyInstanceUID, or None.
+StudyOwnerLookup = Callable[[str], "dict[str, str] | None"]
+
+
+@dataclass
+class _Arrival:
+    expires: float
+    patient: Patient | None
+    unavailable: str  # why the EMR could not answer, or ""
+
+
+class Reconciler:
+    def __init__(self, directory: PatientDirectory, settings: ReconcileSettings, study_owner: StudyOwnerLookup,
+                 clock: Callable[[], float] = time.monotonic):
+        self.directory = directory
+        self.settings = settings
+        self._study_owner = study_owner
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._arrivals: dict[tuple[str, str, str], _Arrival] = {}
+        self._owners: dict[str, tuple[float, dict[str, str]]] = {}  # what we stored each study under
+        self.lookups = 0
+        self.lookup_errors = 0
+
+    def applies_to(self, calling_aet: str) -> bool:
+        return not self.settings.calling_aets or calling_aet.strip() in self.settings.calling_aets
+
+    def decide(self, identity: Identity) -> Decision:
+        with self._lock:  # C-STORE filters run concurrently; decisions about one study must not interleave
+            decision = self._decide(identity)
+            if decision.action != REJECTED:
+                self._owners[identity.study_uid] = (self._clock() + self.settings.cache_seconds,
+                                                    decision.target or identity.tags())
+            return decision
+
+    def _decide(self, identity: Identity) -> Decision:
+        arrival = self._arrival(identity)
+        if arrival.patient is not None:
+            target = patient_tags(arrival.patient)
+            decision = Decision(COERCED if target != identity.tags() else UNCHANGED, target,
+                                f"EMR patient {arrival.patient.patient_id}")
+        elif arrival.unavailable:
+            decision = Decision(UNVERIFIED, None, f"EMR unavailable: {arrival.unavailable}")
+        elif self.settings.unknown_patient == "reject":
+            return Decision(REJECTED, None, f"patient {identity.patient_id!r} is not known to the EMR directory")
+        else:
+            decision = Decision(UNMATCHED, None, f"patient {identity.patient_id!r} is not known to the EMR directory")
+
+        owner = self._owner(identity.study_uid)
+        if owner is None or owner["PatientID"] == decision.patient_after(identity):
+            return decision
+        reason = (f"study {identity.study_uid} is already stored under patient {owner['PatientID']}, "
+                  f"this instance resolves to {decision.patient_after(identity)}")
+        if self.settings.study_conflict == "reject":
+            return Decision(REJECTED, None, reason)
+        return Decision(CONFLICT, owner, reason)
+
+    def _arrival(self, identity: Identity) -> _Arrival:
+        key = (identity.study_uid, identity.patient_id, identity.issuer)
+        now = self._clock()
+        cached = self._arrivals.get(key)
+        if cached is not None and cached.expires > now:
+            if not cached.unavailable:
+                cached.expires = now + self.settings.cache_seconds  # the arrival goes on
+            return cached
+        self.lookups += 1
+        try:
+            arrival = _Arrival(now + self.settings.cache_seconds,
+                               self.directory.resolve(identity.patient_id, identity.issuer), "")
+        except DirectoryUnavailable as error:
+            self.lookup_errors += 1
+            # Remembered briefly only: a down EMR is not asked (and waited for) once per image,
+            # and the series goes back to verified reconciliation soon after the EMR returns.
+            arrival = _Arrival(now + min(self.settings.cache_seconds, UNAVAILABLE_RETRY_SECONDS), None, str(error))
+        self._forget_expired(now)
+        self._arrivals[key] = arrival
+        return arrival
+
+    def _owner(self, study_uid: str) -> dict[str, str] | None:
+        known = self._owners.get(study_uid)
+        if known is not None and known[0] > self._clock():
+            return known[1]
+        return self._study_owner(study_uid)
+
+    def _forget_expired(self, now: float) -> None:
+        for key in [key for key, arrival in self._arrivals.items() if arrival.expires <= now]:
+            del self._arrivals[key]
+        for study in [study for study, (expires, _) in self._owners.items() if expires <= now]:
+            del self._owners[study]
