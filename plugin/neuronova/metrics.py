@@ -9,7 +9,8 @@ from .reconcile import ACTIONS
 
 
 class Metrics:
-    """Counts in memory; `publish(name, value)` (Orthanc's SetMetricsValue) is called for what changed."""
+    """Counts in memory and publishes every counter (Orthanc's SetMetricsValue) on each change:
+    Orthanc drops values set while the plugin starts, so zeros only appear with the first instance."""
 
     def __init__(self, publish: Callable[[str, float], None]):
         self._publish = publish
@@ -18,14 +19,13 @@ class Metrics:
         self.values.update(neuronova_transcoded=0, neuronova_transcode_failures=0,
                            neuronova_verification_failures=0, neuronova_bytes_saved=0,
                            neuronova_emr_lookups=0, neuronova_emr_lookup_errors=0)
-        for name, value in self.values.items():
-            publish(name, value)
 
     def _add(self, changes: dict[str, float], absolute: bool = False) -> None:
         with self._lock:
             for name, value in changes.items():
                 self.values[name] = value if absolute else self.values[name] + value
-                self._publish(name, self.values[name])
+            for name, value in self.values.items():
+                self._publish(name, value)
 
     def count_transcode(self, result) -> None:
         if result.outcome == "transcoded":
