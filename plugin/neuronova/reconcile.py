@@ -109,6 +109,8 @@ class Reconciler:
         owner = self._owner(identity.study_uid)
         if owner is None or owner["PatientID"] == decision.patient_after(identity):
             return decision
+        if decision.action == UNVERIFIED:  # not a conflict: the EMR cannot say, the stored study can
+            return Decision(UNVERIFIED, owner, f"{decision.reason}; follows the study's patient {owner['PatientID']}")
         reason = (f"study {identity.study_uid} is already stored under patient {owner['PatientID']}, "
                   f"this instance resolves to {decision.patient_after(identity)}")
         if self.settings.study_conflict == "reject":
