@@ -160,14 +160,17 @@ class Ingest:
             return CSTORE_OUT_OF_RESOURCES
         return CSTORE_DISCARD_AS_SUCCESS
 
-    def store(self, dicom: bytes, path: str, store: Callable[[bytes], dict], assigned: bool = False) -> dict:
-        """Process in the calling (REST) thread, then store; Orthanc's answer. Raises PatientRejected."""
+    def store(self, dicom: bytes, path: str, store: Callable[[bytes], dict],
+              assigned: bool = False) -> tuple[dict, str | None]:
+        """Process in the calling (REST) thread, then store: (Orthanc's answer, the stored Patient ID
+        when known). Raises PatientRejected."""
         try:
-            data = self.process(dicom, path, assigned=assigned).data
+            processed = self.process(dicom, path, assigned=assigned)
+            data, patient_id = processed.data, processed.entry.patient_after or None
         except PatientRejected:
             raise
         except Exception:
             log.exception("Ingest of an instance received by %s failed; stored as received", path)
-            data = dicom
+            data, patient_id = dicom, None
         with self.storing_processed():
-            return store(data)
+            return store(data), patient_id

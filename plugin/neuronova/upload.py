@@ -23,9 +23,9 @@ ORTHANC_RESPONSE_KEYS = ("ID", "ParentPatient", "ParentSeries", "ParentStudy", "
 _ZIP_MAGIC = b"PK\x03\x04"
 _IGNORED_ZIP_PREFIXES = ("__MACOSX/",)
 
-#: Stores one DICOM file through the ingest pipeline (True: a person assigned its patient) and
-#: returns Orthanc's JSON answer; raises StoreRejected or PatientRejected.
-StoreFunction = Callable[[bytes, bool], dict]
+#: Stores one DICOM file through the ingest pipeline (True: a person assigned its patient);
+#: returns (Orthanc's JSON answer, the stored Patient ID when known); raises StoreRejected or PatientRejected.
+StoreFunction = Callable[[bytes, bool], "tuple[dict, str | None]"]
 
 
 class UploadService:
@@ -43,11 +43,11 @@ class UploadService:
         patient = self._lookup(patient_id) if patient_id is not None else None
         if body.startswith(_ZIP_MAGIC):
             return self._upload_zip(body, patient)
-        stored = self._store_one(body, patient)
+        patient_id, stored = self._store_one(body, patient)
         return 200, {
             "success": True,
             "message": SUCCESS_MESSAGE,
-            "patient_id": stored.pop("_patient_id"),
+            "patient_id": patient_id,
             "orthanc_response": stored,
         }
 
@@ -57,7 +57,8 @@ class UploadService:
             raise PatientNotFound(patient_id)
         return patient
 
-    def _store_one(self, data: bytes, patient: Patient | None) -> dict:
+    def _store_one(self, data: bytes, patient: Patient | None) -> tuple[str, dict]:
+        """(the instance's patient ID, Orthanc's answer) for one validated, assigned and stored file."""
         dataset = read_dicom(data)
         sop_instance_uid = dataset.SOPInstanceUID
         if patient is not None:
@@ -67,11 +68,10 @@ class UploadService:
                 dcmwrite(buffer, dataset, enforce_file_format=True)
                 data = buffer.getvalue()
                 log.info("Instance %s assigned to the EMR patient (changed %s)", sop_instance_uid, ", ".join(changed))
-        answer = self.store(data, patient is not None)
+        answer, stored_patient_id = self.store(data, patient is not None)
         stored = {key: answer.get(key) for key in ORTHANC_RESPONSE_KEYS}
-        stored["_patient_id"] = patient.patient_id if patient else str(dataset.get("PatientID", ""))
         log.info("Instance %s stored as %s (%s)", sop_instance_uid, stored["ID"], stored["Status"])
-        return stored
+        return stored_patient_id or str(dataset.get("PatientID", "")), stored
 
     def _upload_zip(self, body: bytes, patient: Patient | None) -> tuple[int, dict]:
         try:
@@ -90,8 +90,7 @@ class UploadService:
                 unzipped += len(data)
                 if unzipped > self.settings.max_unzipped_bytes:
                     raise PayloadTooLarge("ZIP archive inflates beyond NeuroNova.Upload.MaxUnzippedSizeMB")
-                stored = self._store_one(data, patient)
-                patient_id = stored.pop("_patient_id")
+                patient_id, stored = self._store_one(data, patient)
                 results.append({"file": info.filename, "success": True, "patient_id": patient_id,
                                 "orthanc_response": stored})
             except NeuroNovaError as error:

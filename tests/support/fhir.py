@@ -97,6 +97,10 @@ class FhirServer:
         answer.raise_for_status()
         return answer.json()
 
+    def requests_served(self) -> int:
+        """FHIR requests the server has answered so far (reads, searches, creates)."""
+        return requests.get(self.root_url + "/stats", timeout=5).json()["requests"]
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 

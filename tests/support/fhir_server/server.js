@@ -7,7 +7,8 @@
 //
 //   node server.js PORT [--base /fhir/R4] [--page-max 20] [--token SECRET]
 //
-// GET /healthz answers 200 "ok" once the definitions are loaded.
+// GET /healthz answers 200 "ok" once the definitions are loaded; GET /stats the number of FHIR
+// requests served so far ({"requests": N}), so that tests can count look-ups.
 'use strict';
 
 const http = require('node:http');
@@ -92,12 +93,19 @@ function addLinks(bundle, selfUrl, params, page) {
   bundle.link = links;
 }
 
+const stats = { requests: 0 };
+
 async function handle(options, router, repo, req, res) {
   const url = new URL(req.url, `http://${req.headers.host || '127.0.0.1'}`);
   if (url.pathname === '/healthz') {
     send(res, 200, 'ok', 'text/plain');
     return;
   }
+  if (url.pathname === '/stats') {
+    send(res, 200, stats, 'application/json');
+    return;
+  }
+  stats.requests += 1;
   if (url.pathname !== options.base && !url.pathname.startsWith(options.base + '/')) {
     send(res, ...outcome(404, `not under ${options.base}`));
     return;
