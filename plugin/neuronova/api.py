@@ -93,7 +93,11 @@ class Api:
 
     def routes(self) -> list[tuple[str, Handler]]:
         """(Orthanc URI regex, handler) pairs for the adapter to register."""
+        from .ui import routes as ui  # the ui module builds on this one: imported late
         return [
+            ("/neuronova/app", ui.app_redirect),
+            ("/neuronova/app/(.*)", ui.StaticFiles()),
+            ("/neuronova/studies", ui.StudyList(self.pacs, self.history)),
             ("/neuronova/patients", self.search_patients),
             ("/neuronova/patients/(.+)", self.one_patient),
             ("/neuronova/upload", self.upload),
@@ -174,5 +178,5 @@ class Api:
             return Response(200, self.pacs.core_get("/instances" + ("?" + query if query else "")))
         if request.body.startswith(b"PK\x03\x04"):  # Orthanc unpacks ZIP bodies itself
             return Response(200, json.dumps(self.pacs.store(request.body)).encode())
-        answer = self.ingest.store(request.body, "rest", self.pacs.store)
+        answer, _ = self.ingest.store(request.body, "rest", self.pacs.store)
         return json_response(200, answer)

@@ -15,6 +15,7 @@ from .history import IngestHistory
 from .ingest import DISCARD, MODIFY, Ingest
 from .metrics import Metrics
 from .reconcile import Reconciler
+from .ui import explorer_extension_js
 from .upload import UploadService
 
 log = logging.getLogger("neuronova")
@@ -57,6 +58,8 @@ def start(sdk) -> None:
     api = Api(settings, directory, uploads, pacs, ingest, history)
     for uri, route in api.routes():
         sdk.RegisterRestCallback(uri, _rest_callback(sdk, route))
+    sdk.ExtendOrthancExplorer(explorer_extension_js())  # the "Upload DICOM" button
+    sdk.SetRootUri("../neuronova/app/index.html")  # Explorer's Plugins page links to the dashboard
     sdk.RegisterReceivedInstanceCallback(_received_instance_callback(sdk, ingest))
     sdk.RegisterIncomingCStoreInstanceFilter(
         lambda instance: ingest.cstore_filter(instance.GetInstanceData(), instance.GetInstanceRemoteAet(), pacs.store))

@@ -40,8 +40,9 @@ class OrthancServer:
     """One Orthanc process started from the project's orthanc.json plus per-test overrides."""
 
     def __init__(self, data_dir: str, overrides: dict | None = None, plugin: bool = True, aet: str = "NEURONOVA",
-                 extra_pythonpath: tuple[str, ...] = ()):
+                 extra_pythonpath: tuple[str, ...] = (), verbose: bool = True):
         self.data_dir = data_dir
+        self.verbose = verbose  # False: no --verbose (per-instance log lines would skew a benchmark)
         self.extra_pythonpath = extra_pythonpath
         self.http_port, self.dicom_port = free_port(), free_port()
         self.aet = aet
@@ -65,8 +66,8 @@ class OrthancServer:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [*self.extra_pythonpath, PLUGIN_DIR, sysconfig.get_paths()["purelib"]]))
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(["Orthanc", "--verbose", config_path], stdout=self._log,
-                                        stderr=subprocess.STDOUT, env=env)
+        command = ["Orthanc", "--verbose", config_path] if self.verbose else ["Orthanc", config_path]
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         try:
             wait_until(self._answers, timeout, f"Orthanc on port {self.http_port}")
         except TimeoutError:

@@ -73,6 +73,21 @@ class StaticFiles:
         return Response(200, body, content_type, {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
 
+_REDIRECT_PAGE = b"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>NeuroNova</title>
+<script>location.replace((location.pathname.slice(-1) === "/" ? "" : "app/") + "index.html" + location.search);</script>
+</head><body><p><a href="app/index.html">NeuroNova studies and upload</a></p></body></html>
+"""
+
+
+def app_redirect(request: Request) -> Response:
+    """/neuronova/app and /neuronova/app/ (Orthanc drops the trailing slash before routing): send the browser
+    on to app/index.html by a relative URL, which keeps a reverse proxy prefix."""
+    if request.method != "GET":
+        raise MethodNotAllowed(f"method {request.method} not allowed here; use GET", ("GET",))
+    return Response(200, _REDIRECT_PAGE, CONTENT_TYPES[".html"], {"Cache-Control": "no-cache"})
+
+
 class StudySizes(Protocol):
     def study_sizes(self, study_uids: list[str]) -> dict[str, tuple[int, int]]:
         """{StudyInstanceUID: (bytes received, bytes stored)} from the ingest history."""
