@@ -326,3 +326,38 @@ def test_fhir_backend_without_base_url_stops_the_plugin_naming_the_key(tmp_path)
         assert "NeuroNova.Directory.Fhir.BaseUrl: required" in server.log_text()
     finally:
         server.stop()
+
+
+def test_emr_unreachable_mid_series_loses_nothing(tmp_path):
+    engine = FhirServer(str(tmp_path), token=TOKEN).start()
+    orthanc = None
+    try:
+        load(engine)
+        orthanc = start_orthanc(str(tmp_path / "orthanc"), fhir_overrides(engine))
+        first = make_series(tmp_path, 5, PatientID="CT1-4471", IssuerOfPatientID="CT1_LOCAL", PatientName="HONG^GD")
+        study_uid = parse(open(first[0], "rb").read()).StudyInstanceUID
+        assert storescu(orthanc.dicom_port, first, calling_aet="CT1").returncode == 0
+        engine.stop()  # the EMR goes away mid-study
+        # The same series goes on, and the scanner also sends an image of the study under the old
+        # partner ID (a new lookup the EMR cannot answer), and a new study arrives.
+        rest = make_series(tmp_path, 5, study_uid=study_uid, PatientID="CT1-4471", IssuerOfPatientID="CT1_LOCAL",
+                           PatientName="HONG^GD")
+        (other_id,) = make_series(tmp_path, 1, study_uid=study_uid, PatientID="X-99", PatientName="Hong^G")
+        new_study = make_series(tmp_path, 2, PatientID="CT1-5000", IssuerOfPatientID="CT1_LOCAL")
+        sent = storescu(orthanc.dicom_port, rest + [other_id] + new_study, calling_aet="CT1")
+        assert sent.returncode == 0, sent.stderr
+
+        assert len(orthanc.instances()) == 5 + 5 + 1 + 2
+        for path in first + rest + [other_id]:
+            assert stored_by_uid(orthanc, path).PatientID == "P-FH-0001"  # the study stays with its patient
+        assert len(orthanc.get("/studies").json()) == 2
+        actions = {e["sop_instance_uid"]: e["action"] for e in history(orthanc, study=study_uid, limit=100)}
+        assert actions[parse(open(other_id, "rb").read()).SOPInstanceUID] == "unverified"
+        assert set(actions.values()) <= {"coerced", "unverified"} and len(actions) == 11
+        for path in new_study:  # nothing to follow: stored as sent, recorded unverified
+            assert stored_by_uid(orthanc, path).PatientID == "CT1-5000"
+        assert {e["action"] for e in history(orthanc, patient="CT1-5000")} == {"unverified"}
+    finally:
+        if orthanc:
+            orthanc.stop()
+        engine.stop()
