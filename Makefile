@@ -3,7 +3,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: run test unit setup system-packages bench clean
+.PHONY: run test unit setup system-packages bench screenshots clean
 
 run: setup
 	exec scripts/run.sh
@@ -16,6 +16,10 @@ unit: setup
 
 bench: setup
 	$(PYTHON) bench/ingest_bench.py
+
+# The README's screenshots (docs/screenshots/), taken by the browser tests.
+screenshots: setup
+	$(PYTHON) scripts/screenshots.py
 
 FHIR_SERVER := tests/support/fhir_server
 

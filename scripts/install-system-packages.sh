@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install the Debian packages the project needs, only those missing (needs root on a fresh machine).
 set -eu
-PACKAGES="orthanc orthanc-python orthanc-gdcm orthanc-dicomweb dcmtk python3-venv ${EXTRA_PACKAGES:-}"
+# chromium: the headless browser of the UI tests (tests/browser), driven by pip playwright.
+PACKAGES="orthanc orthanc-python orthanc-gdcm orthanc-dicomweb dcmtk python3-venv chromium ${EXTRA_PACKAGES:-}"
 missing=""
 for package in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing="$missing $package"

@@ -17,7 +17,6 @@ from .history import IngestHistory
 from .ingest import Ingest
 from .pacs import Pacs
 from .reconcile import ACTIONS
-from .preview import HTJ2K_SYNTAXES, render_preview
 from .upload import UploadService
 
 log = logging.getLogger("neuronova.api")
@@ -94,6 +93,8 @@ class Api:
     def routes(self) -> list[tuple[str, Handler]]:
         """(Orthanc URI regex, handler) pairs for the adapter to register."""
         from .ui import routes as ui  # the ui module builds on this one: imported late
+        from .images import ImageRoutes  # likewise
+        from .egress import EgressRoutes  # likewise
         return [
             ("/neuronova/app", ui.app_redirect),
             ("/neuronova/app/(.*)", ui.StaticFiles()),
@@ -103,9 +104,9 @@ class Api:
             ("/neuronova/upload", self.upload),
             ("/neuronova/upload/(.+)", self.upload),
             ("/neuronova/history", self.query_history),
+            *EgressRoutes(self.pacs).routes(),  # /neuronova/instances/{id}/uncompressed
             # Core URIs: the plugin answers for HTJ2K instances and hands every other one back to Orthanc.
-            ("/instances/([^/]+)/preview", self.preview),
-            ("/instances/([^/]+)/frames/([0-9]+)/preview", self.preview),
+            *ImageRoutes(self.pacs).routes(),  # preview, rendered, image-uint8/-uint16/-int16
             ("/instances", self.instances),
         ]
 
@@ -142,17 +143,6 @@ class Api:
         status, payload = self.uploads.upload(request.body, request.groups[0] if request.groups else None)
         return json_response(status, payload)
 
-    def preview(self, request: Request) -> Response:
-        _allow(request, "GET")
-        instance_id = request.groups[0]
-        frame = int(request.groups[1]) if len(request.groups) > 1 else 0
-        if self.pacs.transfer_syntax(instance_id) not in HTJ2K_SYNTAXES:
-            image = self.pacs.core_get(request.uri)
-            return Response(200, image, "image/jpeg" if image.startswith(b"\xff\xd8") else "image/png")
-        image, content_type = render_preview(self.pacs.instance_file(instance_id), frame,
-                                             request.headers.get("accept", ""))
-        return Response(200, image, content_type)
-
     def query_history(self, request: Request) -> Response:
         _allow(request, "GET")
         limit = _limit(request, 100, 10000)
@@ -174,7 +164,8 @@ class Api:
         received-instance callback); GET is Orthanc's own answer."""
         _allow(request, "GET", "POST")
         if request.method == "GET":
-            query = "&".join(f"{quote(k)}={quote(v)}" if v else quote(k) for k, v in request.query.items())
+            # A flag without value (?expand) must be spelt out for Orthanc's in-process API.
+            query = "&".join(f"{quote(k)}={quote(v) if v else 'true'}" for k, v in request.query.items())
             return Response(200, self.pacs.core_get("/instances" + ("?" + query if query else "")))
         if request.body.startswith(b"PK\x03\x04"):  # Orthanc unpacks ZIP bodies itself
             return Response(200, json.dumps(self.pacs.store(request.body)).encode())

@@ -10,7 +10,8 @@ from urllib.parse import unquote_plus
 from .api import Api, Request, Response, answer
 from .config import Settings, load_settings
 from .directory import EmbeddedRegistry, PatientDirectory
-from .errors import CoreCannotAnswer, NotFound, StoreRejected
+from .egress import Egress
+from .errors import BadRequest, CoreCannotAnswer, NeuroNovaError, NotFound, StoreRejected
 from .history import IngestHistory
 from .ingest import DISCARD, MODIFY, Ingest
 from .metrics import Metrics
@@ -61,6 +62,7 @@ def start(sdk) -> None:
     sdk.ExtendOrthancExplorer(explorer_extension_js())  # the "Upload DICOM" button
     sdk.SetRootUri("../neuronova/app/index.html")  # Explorer's Plugins page links to the dashboard
     sdk.RegisterReceivedInstanceCallback(_received_instance_callback(sdk, ingest))
+    sdk.RegisterMoveCallback(_move_callback(Egress(pacs)))  # replaces Orthanc's C-MOVE SCP (egress.py)
     sdk.RegisterIncomingCStoreInstanceFilter(
         lambda instance: ingest.cstore_filter(instance.GetInstanceData(), instance.GetInstanceRemoteAet(), pacs.store))
     log.info("started: directory %s, transcoding to %s (verify %s), reconciliation %s",
@@ -110,7 +112,21 @@ class OrthancPacs:
         try:
             return self.sdk.RestApiGet(uri)  # the built-in API only; "AfterPlugins" would call us again
         except self.sdk.OrthancException as error:
+            if error.args and error.args[0] in (7, 17):  # InexistentItem, UnknownResource: the core answered 404
+                raise NotFound(f"Orthanc answers 404 to {uri}") from None
+            if error.args and error.args[0] == 8:  # ErrorCode_BadRequest: the core answered 400
+                raise BadRequest(f"Orthanc answers 400 to {uri}: {error.args[-1]}") from None
             raise CoreCannotAnswer(f"Orthanc cannot answer {uri}: {error}") from None
+
+    def core_post(self, uri: str, body: bytes) -> bytes:
+        try:
+            return self.sdk.RestApiPost(uri, body)  # the built-in API only, as core_get
+        except self.sdk.OrthancException as error:
+            if error.args and error.args[0] in (7, 17):  # InexistentItem, UnknownResource: the core answered 404
+                raise NotFound(f"Orthanc answers 404 to POST {uri}") from None
+            if error.args and error.args[0] == 8:  # ErrorCode_BadRequest: the core answered 400
+                raise BadRequest(f"Orthanc answers 400 to POST {uri}: {error.args[-1]}") from None
+            raise CoreCannotAnswer(f"Orthanc cannot answer POST {uri}: {error.args[-1] if error.args else error}") from None
 
 
 def _rest_callback(sdk, route):
@@ -143,6 +159,16 @@ def _send(sdk, output, response: Response) -> None:
     except TypeError:  # orthanc-python 4.0 and 4.1: (status, str, length)
         text = response.body.decode("utf-8")
         output.SendHttpStatus(response.status, text, len(response.body))
+
+
+def _move_callback(egress):
+    def callback(**request):
+        try:
+            egress.move(**request)
+        except NeuroNovaError as error:  # a clean line in Orthanc's log; the C-MOVE answers a failure
+            log.warning("C-MOVE to %s failed: %s", request.get("TargetAET", "?"), error)
+            raise
+    return callback
 
 
 def _received_instance_callback(sdk, ingest: Ingest):

@@ -19,5 +19,8 @@ class Pacs(Protocol):
     def core_get(self, uri: str) -> bytes:
         """Orthanc's own answer to GET uri (query string allowed), bypassing the plugin's routes."""
 
+    def core_post(self, uri: str, body: bytes) -> bytes:
+        """Orthanc's own answer to POST uri, bypassing the plugin's routes."""
+
     def study_owner(self, study_instance_uid: str) -> dict[str, str] | None:
         """The four patient tags of the study stored under this StudyInstanceUID, or None."""

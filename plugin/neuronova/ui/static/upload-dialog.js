@@ -370,9 +370,13 @@
       this.entries.forEach(function (entry) { this.el('file-list').appendChild(entry.row); }, this);
       this.finished = false;
     }
+    var pathOf = function (file) { return file.relativePath || file.webkitRelativePath || file.name; };
+    files = files.slice().sort(function (a, b) {  // in path order as a file manager shows it (IM2 before IM10)
+      return pathOf(a).localeCompare(pathOf(b), 'en', {numeric: true, sensitivity: 'base'});
+    });
     for (var i = 0; i < files.length; i++) {
       var file = files[i];
-      var name = file.relativePath || file.webkitRelativePath || file.name;
+      var name = pathOf(file);
       if (fromFolder && (isHidden(name) || /(^|\/)DICOMDIR$/i.test(name))) {
         continue;  // .DS_Store and the like, and the folder's index: not images
       }
@@ -706,7 +710,7 @@
       }
       stored += entry.result.stored;
       already += entry.result.already;
-      filesOk += entry.result.stored && !entry.result.failures.length ? 1 : 0;
+      filesOk += entry.result.stored ? 1 : 0;  // a ZIP with some members stored counts here too
       entry.result.patients.forEach(function (id) { patients[id] = true; });
       entry.result.failures.forEach(function (text) {
         failures.push({file: entry.name, error: text});
