@@ -1,83 +1,24 @@
-"""The plugin's REST routes as plain functions of a request, and the one place errors become answers."""
+"""The plugin's REST routes as plain functions of a request."""
 
 from __future__ import annotations
 
 import datetime
 import json
-import logging
 from urllib.parse import quote
-from dataclasses import dataclass, field
-from typing import Callable
 
 from .config import Settings
 from .directory import PatientDirectory, patient_from_json
 from .directory.model import validate_patient_id
-from .errors import BadRequest, MethodNotAllowed, NeuroNovaError, NotFound
+from .egress import EgressRoutes
+from .errors import BadRequest, MethodNotAllowed, NotFound
 from .history import IngestHistory
+from .http import Handler, Request, Response, allow, json_response, query_limit
+from .images import ImageRoutes
 from .ingest import Ingest
 from .pacs import Pacs
 from .reconcile import ACTIONS
+from .ui import routes as ui
 from .upload import UploadService
-
-log = logging.getLogger("neuronova.api")
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    uri: str = ""
-    groups: tuple[str, ...] = ()
-    query: dict[str, str] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def json_response(status: int, payload: dict, **headers: str) -> Response:
-    return Response(status, json.dumps(payload, ensure_ascii=False).encode("utf-8"), headers=headers)
-
-
-def error_response(error: NeuroNovaError) -> Response:
-    headers = {"Allow": ", ".join(error.allow)} if isinstance(error, MethodNotAllowed) else {}
-    return json_response(error.http_status, {"success": False, "error": str(error)}, **headers)
-
-
-Handler = Callable[[Request], Response]
-
-
-def answer(handler: Handler, request: Request) -> Response:
-    """Run a route; every exception becomes a JSON error answer here and nowhere else."""
-    try:
-        return handler(request)
-    except NeuroNovaError as error:
-        log.info("%s answered %d: %s", request.method, error.http_status, error)
-        return error_response(error)
-    except Exception as error:  # a bug: answer clearly instead of Orthanc's bare 500
-        log.exception("Unexpected error in a NeuroNova route")
-        return json_response(500, {"success": False, "error": f"internal error: {type(error).__name__}: {error}"})
-
-
-def _limit(request: Request, default: int, maximum: int) -> int:
-    raw = request.query.get("limit", str(default))
-    try:
-        limit = int(raw)
-    except ValueError:
-        raise BadRequest(f"limit: must be an integer between 1 and {maximum}, got {raw!r}") from None
-    if not 1 <= limit <= maximum:
-        raise BadRequest(f"limit: must be an integer between 1 and {maximum}, got {limit}")
-    return limit
-
-
-def _allow(request: Request, *methods: str) -> None:
-    if request.method not in methods:
-        raise MethodNotAllowed(f"method {request.method} not allowed here; use {' or '.join(methods)}", methods)
 
 
 class Api:
@@ -92,9 +33,6 @@ class Api:
 
     def routes(self) -> list[tuple[str, Handler]]:
         """(Orthanc URI regex, handler) pairs for the adapter to register."""
-        from .ui import routes as ui  # the ui module builds on this one: imported late
-        from .images import ImageRoutes  # likewise
-        from .egress import EgressRoutes  # likewise
         return [
             ("/neuronova/app", ui.app_redirect),
             ("/neuronova/app/(.*)", ui.StaticFiles()),
@@ -111,13 +49,13 @@ class Api:
         ]
 
     def search_patients(self, request: Request) -> Response:
-        _allow(request, "GET")
-        limit = _limit(request, 50, self.settings.directory.search_max_limit)
+        allow(request, "GET")
+        limit = query_limit(request, 50, self.settings.directory.search_max_limit)
         patients, total = self.directory.search(request.query.get("search", ""), limit)
         return json_response(200, {"success": True, "patients": [p.to_json() for p in patients], "total": total})
 
     def one_patient(self, request: Request) -> Response:
-        _allow(request, "GET", "PUT")
+        allow(request, "GET", "PUT")
         patient_id = validate_patient_id(request.groups[0])
         if request.method == "GET":
             patient = self.directory.get(patient_id)
@@ -135,7 +73,7 @@ class Api:
         return json_response(201 if created else 200, {"success": True, "created": created, "patient": patient.to_json()})
 
     def upload(self, request: Request) -> Response:
-        _allow(request, "POST")
+        allow(request, "POST")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "multipart/form-data":
             raise BadRequest("multipart/form-data is not supported by Orthanc plugins: send the file as the raw "
@@ -144,8 +82,8 @@ class Api:
         return json_response(status, payload)
 
     def query_history(self, request: Request) -> Response:
-        _allow(request, "GET")
-        limit = _limit(request, 100, 10000)
+        allow(request, "GET")
+        limit = query_limit(request, 100, 10000)
         action = request.query.get("action", "")
         if action and action not in ACTIONS:
             raise BadRequest(f"action: must be one of {', '.join(ACTIONS)}, got {action!r}")
@@ -162,7 +100,7 @@ class Api:
     def instances(self, request: Request) -> Response:
         """POST /instances runs the ingest pipeline in this REST thread (in parallel, unlike Orthanc's
         received-instance callback); GET is Orthanc's own answer."""
-        _allow(request, "GET", "POST")
+        allow(request, "GET", "POST")
         if request.method == "GET":
             # A flag without value (?expand) must be spelt out for Orthanc's in-process API.
             query = "&".join(f"{quote(k)}={quote(v) if v else 'true'}" for k, v in request.query.items())

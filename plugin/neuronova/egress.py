@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from . import dicom_sender
-from .api import Request, Response, _allow, json_response
+from .http import Request, Response, allow, json_response
 from .errors import BadRequest, NeuroNovaError, NotFound
 from .pacs import Pacs
 from .rendering import HTJ2K_SYNTAXES
@@ -298,7 +298,7 @@ class EgressRoutes:
 
     def uncompressed(self, request: Request) -> Response:
         """GET: the stored instance as uncompressed Explicit VR Little Endian (same SOP Instance UID)."""
-        _allow(request, "GET")
+        allow(request, "GET")
         instance_id = request.groups[0]
         self.pacs.transfer_syntax(instance_id)  # 404 for an unknown instance
         data = to_explicit_little_endian(self.pacs.instance_file(instance_id))
@@ -306,7 +306,7 @@ class EgressRoutes:
                         {"Content-Disposition": f'attachment; filename="{instance_id}.dcm"'})
 
     def store(self, request: Request) -> Response:
-        _allow(request, "POST")
+        allow(request, "POST")
         store_request = StoreRequest.parse(request.body)
         modality = request.groups[0]
         if store_request.asynchronous and self.egress.needs_plugin(modality, store_request):
@@ -316,7 +316,7 @@ class EgressRoutes:
 
     def job(self, request: Request) -> Response:
         """GET /jobs/{id}: the plugin's asynchronous stores; Orthanc's answer for every other job."""
-        _allow(request, "GET")
+        allow(request, "GET")
         job = self.jobs.get(request.groups[0])
         if job is None:
             return Response(200, self.pacs.core_get(request.uri))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from . import rendering
-from .api import Request, Response, _allow
+from .http import Request, Response, allow
 from .pacs import Pacs
 
 ROUTES = "preview|rendered|image-uint8|image-uint16|image-int16|matlab|numpy"
@@ -29,7 +29,7 @@ class ImageRoutes:
         ]
 
     def image(self, request: Request) -> Response:
-        _allow(request, "GET")
+        allow(request, "GET")
         instance_id, mode = request.groups[0], request.groups[-1]
         frame = int(request.groups[1]) if len(request.groups) == 3 else 0
         accept = request.headers.get("accept")

@@ -7,7 +7,8 @@ import json
 import logging
 from urllib.parse import unquote_plus
 
-from .api import Api, Request, Response, answer
+from .api import Api
+from .http import Request, Response, answer
 from .config import Settings, load_settings
 from .directory import EmbeddedRegistry, PatientDirectory
 from .egress import Egress

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from neuronova.api import Request, answer
+from neuronova.http import Request, answer
 from neuronova.errors import CoreCannotAnswer
 from neuronova.ui import routes
 from neuronova.ui.routes import StaticFiles, StudyList, app_redirect, explorer_extension_js

@@ -11,8 +11,8 @@ import logging
 import os
 from typing import Protocol
 
-from ..api import Request, Response, json_response
-from ..errors import BadRequest, MethodNotAllowed, NeuroNovaError, NotFound
+from ..http import Request, Response, json_response, query_limit
+from ..errors import MethodNotAllowed, NeuroNovaError, NotFound
 from ..pacs import Pacs
 
 log = logging.getLogger("neuronova.ui")
@@ -104,7 +104,7 @@ class StudyList:
     def __call__(self, request: Request) -> Response:
         if request.method != "GET":
             raise MethodNotAllowed(f"method {request.method} not allowed here; use GET", ("GET",))
-        limit = _parse_limit(request.query.get("limit", str(STUDY_LIST_DEFAULT_LIMIT)))
+        limit = query_limit(request, STUDY_LIST_DEFAULT_LIMIT, STUDY_LIST_MAX_LIMIT)
         total = int(self._get("/statistics").get("CountStudies", 0))
         if total > self.window:  # Orthanc lists in creation order: take the newest window only
             studies = self._get(f"/studies?expand&since={total - self.window}&limit={self.window}")
@@ -167,16 +167,6 @@ class StudyList:
                 row["received_bytes"] = received
                 row["saved_bytes"] = received - stored
                 row["saving_percent"] = round(100.0 * (received - stored) / received, 1)
-
-
-def _parse_limit(raw: str) -> int:
-    try:
-        limit = int(raw)
-    except ValueError:
-        raise BadRequest(f"limit: must be an integer between 1 and {STUDY_LIST_MAX_LIMIT}, got {raw!r}") from None
-    if not 1 <= limit <= STUDY_LIST_MAX_LIMIT:
-        raise BadRequest(f"limit: must be an integer between 1 and {STUDY_LIST_MAX_LIMIT}, got {limit}")
-    return limit
 
 
 def _recency(study: dict) -> tuple[str, str, str]:
