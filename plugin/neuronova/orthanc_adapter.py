@@ -113,21 +113,24 @@ class OrthancPacs:
         try:
             return self.sdk.RestApiGet(uri)  # the built-in API only; "AfterPlugins" would call us again
         except self.sdk.OrthancException as error:
-            if error.args and error.args[0] in (7, 17):  # InexistentItem, UnknownResource: the core answered 404
-                raise NotFound(f"Orthanc answers 404 to {uri}") from None
-            if error.args and error.args[0] == 8:  # ErrorCode_BadRequest: the core answered 400
-                raise BadRequest(f"Orthanc answers 400 to {uri}: {error.args[-1]}") from None
-            raise CoreCannotAnswer(f"Orthanc cannot answer {uri}: {error}") from None
+            raise _core_error(error, f"GET {uri}") from None
 
     def core_post(self, uri: str, body: bytes) -> bytes:
         try:
             return self.sdk.RestApiPost(uri, body)  # the built-in API only, as core_get
         except self.sdk.OrthancException as error:
-            if error.args and error.args[0] in (7, 17):  # InexistentItem, UnknownResource: the core answered 404
-                raise NotFound(f"Orthanc answers 404 to POST {uri}") from None
-            if error.args and error.args[0] == 8:  # ErrorCode_BadRequest: the core answered 400
-                raise BadRequest(f"Orthanc answers 400 to POST {uri}: {error.args[-1]}") from None
-            raise CoreCannotAnswer(f"Orthanc cannot answer POST {uri}: {error.args[-1] if error.args else error}") from None
+            raise _core_error(error, f"POST {uri}") from None
+
+
+def _core_error(error: Exception, request: str) -> Exception:
+    """Orthanc's answer to a built-in call that failed, as the status the core would have sent."""
+    code = error.args[0] if error.args else None
+    detail = error.args[-1] if error.args else error
+    if code in (7, 17):  # InexistentItem, UnknownResource
+        return NotFound(f"Orthanc answers 404 to {request}")
+    if code == 8:  # BadRequest
+        return BadRequest(f"Orthanc answers 400 to {request}: {detail}")
+    return CoreCannotAnswer(f"Orthanc cannot answer {request}: {detail}")
 
 
 def _rest_callback(sdk, route):

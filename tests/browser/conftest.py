@@ -30,20 +30,6 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    server = OrthancServer(str(tmp_path_factory.mktemp("orthanc"))).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def pacs(orthanc):
-    orthanc.clear()
-    yield orthanc
-    assert orthanc.alive(), "Orthanc stopped answering during the test"
-
-
 class Browsing:
     """One browser context on one Orthanc; JavaScript exceptions fail the test."""
 
