@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import json
-from urllib.parse import quote
 
 from .config import Settings
 from .directory import PatientDirectory, patient_from_json
@@ -19,6 +18,7 @@ from .pacs import Pacs
 from .reconcile import ACTIONS
 from .ui import routes as ui
 from .upload import UploadService
+from .wado_frames import WadoFrameRoutes
 
 
 class Api:
@@ -45,7 +45,8 @@ class Api:
             *EgressRoutes(self.pacs).routes(),  # /neuronova/instances/{id}/uncompressed
             # Core URIs: the plugin answers for HTJ2K instances and hands every other one back to Orthanc.
             *ImageRoutes(self.pacs).routes(),  # preview, rendered, image-uint8/-uint16/-int16
-            ("/instances", self.instances),
+            # A DICOMweb URI, for every instance: WADO-RS frames (the DICOMweb plugin keeps the rest).
+            *WadoFrameRoutes(self.pacs, self.settings.dicomweb).routes(),
         ]
 
     def search_patients(self, request: Request) -> Response:
@@ -96,16 +97,3 @@ class Api:
         entries = self.history.query(since=since, study=request.query.get("study", ""),
                                      patient=request.query.get("patient", ""), action=action, limit=limit)
         return json_response(200, {"success": True, "count": len(entries), "entries": entries})
-
-    def instances(self, request: Request) -> Response:
-        """POST /instances runs the ingest pipeline in this REST thread (in parallel, unlike Orthanc's
-        received-instance callback); GET is Orthanc's own answer."""
-        allow(request, "GET", "POST")
-        if request.method == "GET":
-            # A flag without value (?expand) must be spelt out for Orthanc's in-process API.
-            query = "&".join(f"{quote(k)}={quote(v) if v else 'true'}" for k, v in request.query.items())
-            return Response(200, self.pacs.core_get("/instances" + ("?" + query if query else "")))
-        if request.body.startswith(b"PK\x03\x04"):  # Orthanc unpacks ZIP bodies itself
-            return Response(200, json.dumps(self.pacs.store(request.body)).encode())
-        answer, _ = self.ingest.store(request.body, "rest", self.pacs.store)
-        return json_response(200, answer)

@@ -62,12 +62,32 @@ class UploadSettings:
 
 
 @dataclass(frozen=True)
+class DicomWebSettings:
+    """What the plugin reads of the DICOMweb plugin's own section ("DicomWeb"), which it does not check."""
+
+    enabled: bool = True  # "Enable": the DICOMweb plugin registers its routes
+    root: str = "/dicom-web/"  # "Root", with a leading and a trailing slash
+    host: str = ""  # "Host": the public host of Content-Location URLs (else Forwarded / Host headers)
+    ssl: bool = False  # "Ssl": https in Content-Location URLs
+
+    @classmethod
+    def from_orthanc(cls, section: object) -> "DicomWebSettings":
+        section = section if isinstance(section, dict) else {}
+        root = str(section.get("Root", "/dicom-web/") or "")
+        root = root if root.startswith("/") else "/" + root
+        root = root if root.endswith("/") else root + "/"
+        return cls(enabled=section.get("Enable", True) is not False, root=root,
+                   host=str(section.get("Host", "") or ""), ssl=section.get("Ssl", False) is True)
+
+
+@dataclass(frozen=True)
 class Settings:
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     upload: UploadSettings = field(default_factory=UploadSettings)
     transcoding: TranscodeSettings = field(default_factory=TranscodeSettings)
     reconciliation: ReconcileSettings = field(default_factory=ReconcileSettings)
     history_database: str = ""
+    dicomweb: DicomWebSettings = field(default_factory=DicomWebSettings)
 
 
 class _Section:
@@ -205,4 +225,5 @@ def load_settings(orthanc_config: dict) -> Settings:
     history.done()
 
     root.done()
-    return Settings(directory_settings, upload_settings, transcode_settings, reconcile_settings, history_database)
+    return Settings(directory_settings, upload_settings, transcode_settings, reconcile_settings, history_database,
+                    DicomWebSettings.from_orthanc(orthanc_config.get("DicomWeb")))

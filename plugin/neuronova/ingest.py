@@ -1,13 +1,18 @@
 """The ingest pipeline every instance goes through inside Orthanc, whatever its path.
 
-Orthanc 1.10 runs its received-instance callback one instance at a time, so work done there
-is bounded by one core. The pipeline therefore runs where Orthanc runs requests in parallel:
-- POST /instances and the upload route: in the REST thread (the plugin answers POST /instances);
-- C-STORE: in the incoming C-STORE filter, on the association's thread; the filter cannot modify,
-  so a changed instance is stored by the plugin and the original answered "success, discarded".
-  The filter alone knows the calling AE title, and can answer a DIMSE failure status.
-- anything else (DICOMweb STOW-RS, WebDAV, Lua): in the received-instance callback.
-What the plugin stores itself passes the callback untouched (a thread-local mark).
+Where it runs is dictated by Orthanc 1.10 with orthanc-python 4.0, measured here:
+- Orthanc runs the received-instance callback and the incoming C-STORE filter under one plugin
+  lock, one instance at a time;
+- orthanc-python 4.0 keeps the GIL during every SDK call. A Python thread that stores an instance
+  with RestApiPost("/instances") waits for that plugin lock while holding the GIL, and a C-STORE or
+  STOW-RS thread holding the lock waits for the GIL to enter the callback: Orthanc deadlocks
+  (seen with REST uploads during a C-STORE).
+So: REST, DICOMweb and upload-route instances are processed in the received-instance callback;
+C-STORE instances in the C-STORE filter, which alone knows the calling AE title and can answer a
+DIMSE failure status but cannot modify (a changed instance is stored by the filter's own thread,
+which already holds the lock, and the original answered "success, discarded"). Routes store through
+Orthanc's HTTP server on loopback, never with RestApiPost, so they wait without the GIL; and the
+plugin publishes metrics only from those callbacks.
 """
 
 from __future__ import annotations
@@ -64,6 +69,13 @@ def rewrite_identity(dicom: bytes, tags: dict[str, str]) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass
+class UploadOutcome:
+    assigned: bool
+    patient_id: str | None = None  # the stored Patient ID, once processed
+    rejection: str | None = None  # why reconciliation refused it
+
+
 @dataclass(frozen=True)
 class Processed:
     data: bytes  # what to store (the original object when nothing changed)
@@ -79,10 +91,24 @@ class Ingest:
         self.metrics = metrics
         self._clock = clock
         self._thread = threading.local()
+        self._lock = threading.Lock()
+        self._uploads: dict[str, UploadOutcome] = {}  # SOP Instance UID -> what the upload route awaits
+
+    def expect_upload(self, sop_instance_uid: str, assigned: bool) -> "UploadOutcome":
+        """Called by the upload route before it stores: the callback then records the instance as
+        an upload (`assigned` when a person chose its patient) and fills in the outcome."""
+        outcome = UploadOutcome(assigned)
+        with self._lock:
+            self._uploads[sop_instance_uid] = outcome
+        return outcome
+
+    def forget_upload(self, sop_instance_uid: str) -> None:
+        with self._lock:
+            self._uploads.pop(sop_instance_uid, None)
 
     @contextlib.contextmanager
     def storing_processed(self):
-        """Mark this thread while the plugin stores an instance it already processed."""
+        """Mark this thread while the C-STORE filter stores the instance it processed."""
         self._thread.processed = True
         try:
             yield
@@ -99,6 +125,10 @@ class Ingest:
                                  round((self._clock() - started) * 1000, 3), f"header unreadable: {error}")
             self.history.record(entry)
             return Processed(dicom, entry)
+        with self._lock:
+            upload = self._uploads.pop(sop, None)
+        if upload is not None:
+            path, assigned = "upload", upload.assigned
         result = transcode(dicom, self.transcoding)
         self.metrics.count_transcode(result)
         data, action, reason, patient_after = result.data, UNCHANGED, "", identity.patient_id
@@ -121,15 +151,16 @@ class Ingest:
         self.history.record(entry)
         self.metrics.count_instance(action, entry.bytes_before - entry.bytes_after)
         self.metrics.set_lookups(self.reconciler.lookups, self.reconciler.lookup_errors)
+        if upload is not None:
+            upload.patient_id, upload.rejection = entry.patient_after or None, reason if action == REJECTED else None
         if action == REJECTED:
             raise PatientRejected(reason)
         return Processed(data, entry)
 
-    # The received-instance callback (serialized by Orthanc): only what no parallel path handled.
     def received(self, dicom: bytes, path: str) -> tuple[str, bytes | None]:
         """(KEEP / MODIFY / DISCARD, new bytes); never raises."""
         if getattr(self._thread, "processed", False) or path == "dicom":
-            return KEEP, None  # already processed by a route, or the C-STORE filter will do it
+            return KEEP, None  # stored by the C-STORE filter after processing, or the filter will do it
         try:
             processed = self.process(dicom, path)
         except PatientRejected:
@@ -159,18 +190,3 @@ class Ingest:
                           processed.entry.sop_instance_uid, calling_aet)
             return CSTORE_OUT_OF_RESOURCES
         return CSTORE_DISCARD_AS_SUCCESS
-
-    def store(self, dicom: bytes, path: str, store: Callable[[bytes], dict],
-              assigned: bool = False) -> tuple[dict, str | None]:
-        """Process in the calling (REST) thread, then store: (Orthanc's answer, the stored Patient ID
-        when known). Raises PatientRejected."""
-        try:
-            processed = self.process(dicom, path, assigned=assigned)
-            data, patient_id = processed.data, processed.entry.patient_after or None
-        except PatientRejected:
-            raise
-        except Exception:
-            log.exception("Ingest of an instance received by %s failed; stored as received", path)
-            data, patient_id = dicom, None
-        with self.storing_processed():
-            return store(data), patient_id

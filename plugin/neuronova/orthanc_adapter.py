@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from urllib.parse import unquote_plus
+
+import requests
 
 from .api import Api
 from .http import Request, Response, answer
@@ -48,15 +51,15 @@ def start(sdk) -> None:
     log.setLevel(logging.INFO)
     log.propagate = False
 
-    settings = load_settings(json.loads(sdk.GetConfiguration()))
+    settings = load_settings(json.loads(sdk.GetConfiguration()))  # raises ConfigError naming the key
     directory = _build_directory(settings)
-    pacs = OrthancPacs(sdk)
+    orthanc_config = json.loads(sdk.GetConfiguration())
+    pacs = OrthancPacs(sdk, orthanc_config)
     history = IngestHistory(settings.history_database)
     metrics = Metrics(lambda name, value: sdk.SetMetricsValue(name, value, sdk.MetricsType.DEFAULT))
     ingest = Ingest(settings.transcoding, Reconciler(directory, settings.reconciliation, pacs.study_owner),
                     history, metrics)
-    uploads = UploadService(directory, lambda data, assigned: ingest.store(data, "upload", pacs.store, assigned),
-                            settings.upload)
+    uploads = UploadService(directory, ingest, pacs.store, settings.upload)
     api = Api(settings, directory, uploads, pacs, ingest, history)
     for uri, route in api.routes():
         sdk.RegisterRestCallback(uri, _rest_callback(sdk, route))
@@ -65,7 +68,8 @@ def start(sdk) -> None:
     sdk.RegisterReceivedInstanceCallback(_received_instance_callback(sdk, ingest))
     sdk.RegisterMoveCallback(_move_callback(Egress(pacs)))  # replaces Orthanc's C-MOVE SCP (egress.py)
     sdk.RegisterIncomingCStoreInstanceFilter(
-        lambda instance: ingest.cstore_filter(instance.GetInstanceData(), instance.GetInstanceRemoteAet(), pacs.store))
+        lambda instance: ingest.cstore_filter(instance.GetInstanceData(), instance.GetInstanceRemoteAet(),
+                                              pacs.store_within_callback))
     log.info("started: directory %s, transcoding to %s (verify %s), reconciliation %s",
              settings.directory.backend, settings.transcoding.target, "on" if settings.transcoding.verify else "off",
              "on" if settings.reconciliation.enabled else "off")
@@ -81,15 +85,46 @@ def _build_directory(settings: Settings) -> PatientDirectory:
 class OrthancPacs:
     """The Pacs protocol over Orthanc's own REST API, called in-process."""
 
-    def __init__(self, sdk):
+    def __init__(self, sdk, orthanc_config: dict):
         self.sdk = sdk
+        scheme = "https" if orthanc_config.get("SslEnabled") else "http"
+        self._instances_url = f"{scheme}://127.0.0.1:{orthanc_config.get('HttpPort', 8042)}/instances"
+        self._token = sdk.GenerateRestApiAuthorizationToken()
+        self._local = threading.local()
 
     def store(self, dicom: bytes) -> dict:
-        # POST /instances inside Orthanc: the received-instance callback treats uploads like any ingest.
+        """POST /instances through Orthanc's own HTTP server on loopback. Not RestApiPost: orthanc-python
+        4.0 keeps the GIL during SDK calls, and a store waits for the plugin lock that a C-STORE or
+        STOW-RS thread may hold while it waits for the GIL (a deadlock, measured). A socket wait
+        releases the GIL. The token Orthanc generated grants access when authentication is on."""
+        try:
+            answer = self._session().post(self._instances_url, data=dicom, timeout=600,
+                                          headers={"Content-Type": "application/dicom"})
+        except requests.RequestException as error:
+            raise StoreRejected(f"Orthanc's REST API did not answer on loopback: {error}") from None
+        if answer.status_code != 200:
+            detail = answer.text[:300]
+            try:
+                detail = answer.json().get("Details") or answer.json().get("Message") or detail
+            except ValueError:
+                pass
+            raise StoreRejected(f"Orthanc refused to store the file (HTTP {answer.status_code}): {detail}")
+        return answer.json()
+
+    def store_within_callback(self, dicom: bytes) -> dict:
+        """RestApiPost, for the C-STORE filter only: its thread already holds Orthanc's plugin lock."""
         try:
             return json.loads(self.sdk.RestApiPost("/instances", dicom))
         except self.sdk.OrthancException as error:
             raise StoreRejected(f"Orthanc refused to store the file: {error}") from None
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.headers["Authorization"] = self._token
+            session.verify = False  # loopback to Orthanc itself, whatever its certificate
+        return session
 
     def transfer_syntax(self, instance_id: str) -> str:
         try:

@@ -21,7 +21,8 @@ from io import BytesIO
 import imagecodecs
 import numpy as np
 import pydicom
-from pydicom.encaps import generate_frames
+from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
@@ -124,12 +125,7 @@ def to_explicit_little_endian(dicom: bytes) -> bytes:
         return dicom
     try:
         if "PixelData" in dataset and dataset["PixelData"].is_undefined_length:
-            if syntax == RLELossless:
-                dataset.decompress(as_rgb=False, generate_instance_uid=False, decoding_plugin="pydicom")
-            elif syntax in DECODERS:
-                _decode_pixel_data(dataset, syntax)
-            else:
-                raise CannotDecode(f"cannot decode {syntax.name} ({syntax}) pixel data")
+            _decode_encapsulated(dataset, syntax)
         elif not dataset.original_encoding[1]:  # big endian: pydicom leaves binary values as they are
             _swap_binary_values(dataset)
     except NeuroNovaError:
@@ -140,6 +136,45 @@ def to_explicit_little_endian(dicom: bytes) -> bytes:
     out = BytesIO()
     pydicom.dcmwrite(out, dataset, enforce_file_format=True)
     return out.getvalue()
+
+
+# What a frame decoder needs from the instance (frame_to_little_endian)
+PIXEL_KEYWORDS = ("SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration", "Rows", "Columns",
+                  "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation")
+
+
+def frame_to_little_endian(frame: bytes, pixel_module: pydicom.Dataset, syntax: str) -> bytes:
+    """One encapsulated frame decoded to the bytes it has in the instance's Explicit VR Little Endian
+    copy (to_explicit_little_endian), by the very same code. ``pixel_module`` holds the instance's
+    PIXEL_KEYWORDS. Raises CannotDecode."""
+    syntax = UID(syntax)
+    single = pydicom.Dataset()
+    for keyword in PIXEL_KEYWORDS:
+        if keyword in pixel_module:
+            setattr(single, keyword, pixel_module[keyword].value)
+    single.file_meta = FileMetaDataset()
+    single.file_meta.TransferSyntaxUID = syntax
+    single.PixelData = encapsulate([frame])
+    single["PixelData"].VR = "OB"
+    single["PixelData"].is_undefined_length = True
+    try:
+        _decode_encapsulated(single, syntax)
+        length = int(single.Rows) * int(single.Columns) * int(single.get("SamplesPerPixel", 1) or 1) * \
+            (int(single.BitsAllocated) // 8)
+    except NeuroNovaError:
+        raise
+    except Exception as error:
+        raise CannotDecode(f"cannot decode this {syntax.name} frame: {type(error).__name__}: {error}") from None
+    return bytes(single.PixelData[:length])
+
+
+def _decode_encapsulated(dataset: pydicom.Dataset, syntax: UID) -> None:
+    if syntax == RLELossless:
+        dataset.decompress(as_rgb=False, generate_instance_uid=False, decoding_plugin="pydicom")
+    elif syntax in DECODERS:
+        _decode_pixel_data(dataset, syntax)
+    else:
+        raise CannotDecode(f"cannot decode {syntax.name} ({syntax}) pixel data")
 
 
 def _decode_pixel_data(dataset: pydicom.Dataset, syntax: UID) -> None:

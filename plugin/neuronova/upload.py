@@ -14,7 +14,8 @@ from .dicom.assign import assign_patient
 from .dicom.reading import read_dicom
 from .directory import Patient, PatientDirectory
 from .directory.model import validate_patient_id
-from .errors import BadRequest, NeuroNovaError, PatientNotFound, PayloadTooLarge
+from .ingest import Ingest
+from .errors import BadRequest, NeuroNovaError, PatientNotFound, PatientRejected, PayloadTooLarge
 
 log = logging.getLogger("neuronova.upload")
 
@@ -23,14 +24,14 @@ ORTHANC_RESPONSE_KEYS = ("ID", "ParentPatient", "ParentSeries", "ParentStudy", "
 _ZIP_MAGIC = b"PK\x03\x04"
 _IGNORED_ZIP_PREFIXES = ("__MACOSX/",)
 
-#: Stores one DICOM file through the ingest pipeline (True: a person assigned its patient);
-#: returns (Orthanc's JSON answer, the stored Patient ID when known); raises StoreRejected or PatientRejected.
-StoreFunction = Callable[[bytes, bool], "tuple[dict, str | None]"]
+#: Stores one DICOM file in Orthanc (POST /instances) and returns Orthanc's JSON answer; raises StoreRejected.
+StoreFunction = Callable[[bytes], dict]
 
 
 class UploadService:
-    def __init__(self, directory: PatientDirectory, store: StoreFunction, settings: UploadSettings):
+    def __init__(self, directory: PatientDirectory, ingest: Ingest, store: StoreFunction, settings: UploadSettings):
         self.directory = directory
+        self.ingest = ingest
         self.store = store
         self.settings = settings
 
@@ -68,7 +69,16 @@ class UploadService:
                 dcmwrite(buffer, dataset, enforce_file_format=True)
                 data = buffer.getvalue()
                 log.info("Instance %s assigned to the EMR patient (changed %s)", sop_instance_uid, ", ".join(changed))
-        answer, stored_patient_id = self.store(data, patient is not None)
+        # The received-instance callback transcodes and records it; it learns from this expectation
+        # that a person chose the patient, and tells back under which patient it was stored.
+        outcome = self.ingest.expect_upload(sop_instance_uid, assigned=patient is not None)
+        try:
+            answer = self.store(data)
+        finally:
+            self.ingest.forget_upload(sop_instance_uid)
+        if answer.get("Status") == "FilteredOut":
+            raise PatientRejected(outcome.rejection or "refused by patient reconciliation")
+        stored_patient_id = outcome.patient_id
         stored = {key: answer.get(key) for key in ORTHANC_RESPONSE_KEYS}
         log.info("Instance %s stored as %s (%s)", sop_instance_uid, stored["ID"], stored["Status"])
         return stored_patient_id or str(dataset.get("PatientID", "")), stored

@@ -170,13 +170,16 @@ def test_reject_policy_answers_pynetdicom_with_a_failure_status(strict_pacs, tmp
     assert strict_pacs.instances() == []
 
 
-def test_reject_policy_answers_rest_with_409(strict_pacs, tmp_path):
+def test_reject_policy_answers_the_upload_route_with_409_and_core_rest_with_filtered_out(strict_pacs, tmp_path):
     (path,) = make_series(tmp_path, 1, PatientID="LOCAL-406")
-    for uri in ("/instances", "/neuronova/upload"):
-        answer = strict_pacs.post(uri, data=open(path, "rb").read())
-        assert answer.status_code == 409
-        assert answer.json()["success"] is False and "LOCAL-406" in answer.json()["error"]
+    answer = strict_pacs.post("/neuronova/upload", data=open(path, "rb").read())
+    assert answer.status_code == 409
+    assert answer.json()["success"] is False and "LOCAL-406" in answer.json()["error"]
+    # Orthanc's own POST /instances says a plugin filtered the instance out (its only way in 1.10).
+    core = strict_pacs.post("/instances", data=open(path, "rb").read())
+    assert core.status_code == 200 and core.json()["Status"] == "FilteredOut"
     assert strict_pacs.instances() == []
+    assert len(history(strict_pacs, patient="LOCAL-406", action="rejected")) == 2
 
 
 def test_calling_aets_not_listed_are_not_reconciled(strict_pacs, tmp_path):
