@@ -31,7 +31,7 @@ from .dicom.assign import REASON_COERCE, assign_identity
 from .errors import PatientRejected
 from .history import HistoryEntry, IngestHistory
 from .metrics import Metrics
-from .reconcile import ASSIGNED, REJECTED, UNCHANGED, Identity, Reconciler
+from .reconcile import REJECTED, UNCHANGED, Identity, Reconciler
 from .transcoder import TranscodeSettings, transcode
 
 log = logging.getLogger("neuronova.ingest")
@@ -132,10 +132,12 @@ class Ingest:
         result = transcode(dicom, self.transcoding)
         self.metrics.count_transcode(result)
         data, action, reason, patient_after = result.data, UNCHANGED, "", identity.patient_id
+        decision = None
         if assigned:
-            action = ASSIGNED
+            decision = self.reconciler.decide_assigned(identity)
         elif self.reconciler.settings.enabled and (path != "dicom" or self.reconciler.applies_to(remote)):
             decision = self.reconciler.decide(identity)
+        if decision is not None:
             action, reason, patient_after = decision.action, decision.reason, decision.patient_after(identity)
             if decision.action != REJECTED and decision.target and decision.target != identity.tags():
                 log.info("SOP Instance %s: %s to the EMR patient (%s)", sop, decision.action, path)

@@ -78,7 +78,6 @@ class Reconciler:
         self._clock = clock
         self._lock = threading.Lock()
         self._arrivals: dict[tuple[str, str, str], _Arrival] = {}
-        self._owners: dict[str, tuple[float, dict[str, str]]] = {}  # what we stored each study under
         self.lookups = 0
         self.lookup_errors = 0
 
@@ -86,12 +85,19 @@ class Reconciler:
         return not self.settings.calling_aets or calling_aet.strip() in self.settings.calling_aets
 
     def decide(self, identity: Identity) -> Decision:
-        with self._lock:  # C-STORE filters run concurrently; decisions about one study must not interleave
-            decision = self._decide(identity)
-            if decision.action != REJECTED:
-                self._owners[identity.study_uid] = (self._clock() + self.settings.cache_seconds,
-                                                    decision.target or identity.tags())
-            return decision
+        with self._lock:  # decisions about one study must not interleave
+            return self._decide(identity)
+
+    def decide_assigned(self, identity: Identity) -> Decision:
+        """A person chose this instance's patient: accepted, unless its study is stored under another
+        patient (following would overrule the person, storing would split the study)."""
+        with self._lock:
+            owner = self._study_owner(identity.study_uid)
+            if owner is not None and owner["PatientID"] != identity.patient_id:
+                return Decision(REJECTED, None, (
+                    f"study {identity.study_uid} is already stored under patient {owner['PatientID']}: "
+                    "assign the whole study to one patient (delete the stored study first to move it)"))
+            return Decision(ASSIGNED, None)
 
     def _decide(self, identity: Identity) -> Decision:
         arrival = self._arrival(identity)
@@ -106,7 +112,9 @@ class Reconciler:
         else:
             decision = Decision(UNMATCHED, None, f"patient {identity.patient_id!r} is not known to the EMR directory")
 
-        owner = self._owner(identity.study_uid)
+        # The PACS is the truth: a study deleted there has no owner any more. (Two instances of one new
+        # study arriving at the same instant on two associations under two patients are not caught.)
+        owner = self._study_owner(identity.study_uid)
         if owner is None or owner["PatientID"] == decision.patient_after(identity):
             return decision
         if decision.action == UNVERIFIED:  # not a conflict: the EMR cannot say, the stored study can
@@ -138,14 +146,6 @@ class Reconciler:
         self._arrivals[key] = arrival
         return arrival
 
-    def _owner(self, study_uid: str) -> dict[str, str] | None:
-        known = self._owners.get(study_uid)
-        if known is not None and known[0] > self._clock():
-            return known[1]
-        return self._study_owner(study_uid)
-
     def _forget_expired(self, now: float) -> None:
         for key in [key for key, arrival in self._arrivals.items() if arrival.expires <= now]:
             del self._arrivals[key]
-        for study in [study for study, (expires, _) in self._owners.items() if expires <= now]:
-            del self._owners[study]

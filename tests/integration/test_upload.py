@@ -134,3 +134,16 @@ def test_zip_bomb_is_a_413_and_stores_nothing(small_limits):
     answer = small_limits.post("/neuronova/upload", data=bomb, headers={"Content-Type": "application/zip"})
     assert answer.status_code == 413 and "inflate" in answer.json()["error"]
     assert small_limits.instances() == [] and small_limits.alive()
+
+
+def test_assigning_a_file_of_a_stored_study_to_another_patient_is_a_409(pacs):
+    first = pacs.post("/neuronova/upload/P-2024-001234", data=read_bytes("CT_small.dcm"), headers=DICOM)
+    assert first.status_code == 200
+    other = parse(read_bytes("CT_small.dcm"))
+    other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = other.SOPInstanceUID + ".2"
+    from io import BytesIO
+    buffer = BytesIO()
+    other.save_as(buffer, enforce_file_format=True)
+    answer = pacs.post("/neuronova/upload/P-2024-001235", data=buffer.getvalue(), headers=DICOM)
+    assert answer.status_code == 409 and "already stored under patient P-2024-001234" in answer.json()["error"]
+    assert len(pacs.instances()) == 1 and len(pacs.get("/patients").json()) == 1

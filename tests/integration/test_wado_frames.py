@@ -199,7 +199,7 @@ def as_array(data: bytes, instance: Stored) -> np.ndarray:
     (f"{OCTET}; transfer-syntax={HTJ2K}", f"application/octet-stream; transfer-syntax={HTJ2K}"),
     ('multipart/related; type="image/jphc"', f"image/jphc; transfer-syntax={HTJ2K}"),
     (f'multipart/related; type="image/jphc"; transfer-syntax={HTJ2K}', f"image/jphc; transfer-syntax={HTJ2K}"),
-    (f"multipart/related; type=image/jphc; transfer-syntax=*", f"image/jphc; transfer-syntax={HTJ2K}"),
+    ("multipart/related; type=image/jphc; transfer-syntax=*", f"image/jphc; transfer-syntax={HTJ2K}"),
 ])
 def test_htj2k_frames_are_the_stored_codestreams(ours, stored, name, accept, content_type):
     instance = stored[name][0]
@@ -260,7 +260,7 @@ def test_content_location_follows_the_forwarded_and_host_headers(ours, stored):
 
 @pytest.mark.parametrize("accept", [
     'multipart/related; type="image/jp2"', 'multipart/related; type="image/jpeg"',
-    f'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.90',
+    'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.90',
     f"{OCTET}; transfer-syntax=1.2.840.10008.1.2.4.90",
     'multipart/related; type="image/jphc"; transfer-syntax=1.2.840.10008.1.2.4.202',
     "application/octet-stream", "image/jphc", "application/dicom",

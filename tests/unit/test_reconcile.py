@@ -95,14 +95,15 @@ def test_emr_down_gives_unverified_retried_after_a_short_while(directory):
     assert directory.calls == 1 and recon.lookup_errors == 1
     directory.down = False
     clock.now += 6
-    assert recon.decide(identity("CT1-42", study="S2", issuer="SCANNER")).action == "coerced"
-    # The study that began while the EMR was down stays with the patient it was stored under.
-    assert recon.decide(identity("CT1-42", issuer="SCANNER")).action == "conflict"
+    assert recon.decide(identity("CT1-42", issuer="SCANNER")).action == "coerced"
 
 
 def test_emr_down_mid_series_follows_the_studys_patient(directory):
-    recon = reconciler(directory)
-    assert recon.decide(identity("CT1-42", issuer="SCANNER")).action == "coerced"
+    stored = {}  # what the PACS holds, as the study owner lookup sees it
+    recon = reconciler(directory, owners=stored)
+    first = recon.decide(identity("CT1-42", issuer="SCANNER"))
+    assert first.action == "coerced"
+    stored["S1"] = first.target
     directory.down = True
     decision = recon.decide(identity("OLD-7"))  # an identity not seen yet in this study: the EMR is asked
     assert decision.action == "unverified" and decision.target["PatientID"] == "P-1"
@@ -114,13 +115,6 @@ def test_a_study_stored_under_another_patient_is_followed_or_rejected(directory)
     assert follow.action == "conflict" and follow.target == owner
     assert "already stored under patient P-1" in follow.reason
     assert reconciler(directory, owners={"S1": owner}, study_conflict="reject").decide(identity("P-2")).action == "rejected"
-
-
-def test_the_plugin_remembers_what_it_stored_a_study_under(directory):
-    recon = reconciler(directory)
-    assert recon.decide(identity("P-1", study="S9")).action == "coerced"
-    later = recon.decide(identity("LOCAL-1", study="S9"))
-    assert later.action == "conflict" and later.target["PatientID"] == "P-1"
 
 
 def test_calling_aet_filter(directory):
@@ -144,3 +138,12 @@ def test_history_filters_newest_first_and_study_sizes(tmp_path):
     assert len(history.query(patient="P-2")) == 1 and len(history.query(limit=2)) == 2
     assert history.study_sizes(["S1", "S2"]) == {"S1": (200, 90), "S2": (10, 10)}
     history.close()
+
+
+def test_an_explicit_assignment_may_not_split_a_stored_study(directory):
+    owner = {"PatientID": "P-1", "PatientName": "Hong^Gildong", "PatientBirthDate": "19800115", "PatientSex": "M"}
+    recon = reconciler(directory, owners={"S1": owner})
+    assert recon.decide_assigned(identity("P-1", name="Hong^Gildong")).action == "assigned"
+    refused = recon.decide_assigned(identity("P-2", name="Kim^Cheolsu"))
+    assert refused.action == "rejected" and "already stored under patient P-1" in refused.reason
+    assert recon.decide_assigned(identity("P-2", study="S2")).action == "assigned"
