@@ -1,5 +1,5 @@
-"""The plugin answers Orthanc's POST /instances (to run the pipeline in parallel REST threads):
-every way clients use that route must keep working."""
+"""Orthanc's own POST /instances with the plugin loaded: every way clients use that route keeps
+working, and what it stores is transcoded (by the received-instance callback)."""
 
 from support.dicom_files import make_zip, parse, read_bytes
 
@@ -29,7 +29,7 @@ def test_zip_post_is_unpacked_by_orthanc(pacs):
     assert len(pacs.instances()) == 2
 
 
-def test_get_instances_is_orthancs_own_answer(pacs):
+def test_get_instances_still_answers(pacs):
     pacs.post("/instances", data=read_bytes("CT_small.dcm"))
     assert len(pacs.get("/instances").json()) == 1
     expanded = pacs.get("/instances?expand").json()
