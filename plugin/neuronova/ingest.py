@@ -130,7 +130,6 @@ class Ingest:
         if upload is not None:
             path, assigned = "upload", upload.assigned
         result = transcode(dicom, self.transcoding)
-        self.metrics.count_transcode(result)
         data, action, reason, patient_after = result.data, UNCHANGED, "", identity.patient_id
         decision = None
         if assigned:
@@ -151,8 +150,8 @@ class Ingest:
             bytes_after=len(data) if action != REJECTED else 0,
             duration_ms=round((self._clock() - started) * 1000, 3), error=error)
         self.history.record(entry)
-        self.metrics.count_instance(action, entry.bytes_before - entry.bytes_after)
-        self.metrics.set_lookups(self.reconciler.lookups, self.reconciler.lookup_errors)
+        self.metrics.count(result, action, entry.bytes_before - entry.bytes_after,
+                           self.reconciler.lookups, self.reconciler.lookup_errors)
         if upload is not None:
             upload.patient_id, upload.rejection = entry.patient_after or None, reason if action == REJECTED else None
         if action == REJECTED:

@@ -20,23 +20,19 @@ class Metrics:
                            neuronova_verification_failures=0, neuronova_bytes_saved=0,
                            neuronova_emr_lookups=0, neuronova_emr_lookup_errors=0)
 
-    def _add(self, changes: dict[str, float], absolute: bool = False) -> None:
+    def count(self, result, action: str, bytes_saved: int, lookups: int, lookup_errors: int) -> None:
+        """One instance's counts (a TranscodeResult, its history action, the EMR lookup totals),
+        published once: this runs in Orthanc's serialized ingest callbacks."""
         with self._lock:
-            for name, value in changes.items():
-                self.values[name] = value if absolute else self.values[name] + value
+            if result.outcome == "transcoded":
+                self.values["neuronova_transcoded"] += 1
+            elif result.outcome == "failed":
+                self.values["neuronova_transcode_failures"] += 1
+            if "verification" in result.reason or "mismatch" in result.reason:
+                self.values["neuronova_verification_failures"] += 1
+            self.values[f"neuronova_instances_{action}"] += 1
+            self.values["neuronova_bytes_saved"] += max(bytes_saved, 0)
+            self.values["neuronova_emr_lookups"] = lookups
+            self.values["neuronova_emr_lookup_errors"] = lookup_errors
             for name, value in self.values.items():
                 self._publish(name, value)
-
-    def count_transcode(self, result) -> None:
-        if result.outcome == "transcoded":
-            self._add({"neuronova_transcoded": 1})
-        elif result.outcome == "failed":
-            self._add({"neuronova_transcode_failures": 1})
-        if "verification" in result.reason or "mismatch" in result.reason:
-            self._add({"neuronova_verification_failures": 1})
-
-    def count_instance(self, action: str, bytes_saved: int) -> None:
-        self._add({f"neuronova_instances_{action}": 1, "neuronova_bytes_saved": max(bytes_saved, 0)})
-
-    def set_lookups(self, lookups: int, errors: int) -> None:
-        self._add({"neuronova_emr_lookups": lookups, "neuronova_emr_lookup_errors": errors}, absolute=True)
