@@ -8,28 +8,30 @@ import json
 from .config import Settings
 from .directory import PatientDirectory, patient_from_json
 from .directory.model import validate_patient_id
-from .egress import EgressRoutes
 from .errors import BadRequest, MethodNotAllowed, NotFound
 from .history import IngestHistory
 from .http import Handler, Request, Response, allow, json_response, query_limit
-from .images import ImageRoutes
 from .ingest import Ingest
 from .pacs import Pacs
 from .reconcile import ACTIONS
 from .ui import routes as ui
 from .upload import UploadService
-from .wado_frames import WadoFrameRoutes
+from .dicomweb.frames import WadoFrameRoutes
+from .storage.background import BackgroundCompressor
+from .storage.ledger import Ledger
 
 
 class Api:
     def __init__(self, settings: Settings, directory: PatientDirectory, uploads: UploadService, pacs: Pacs,
-                 ingest: Ingest, history: IngestHistory):
+                 ingest: Ingest, history: IngestHistory, ledger: Ledger, background: BackgroundCompressor):
         self.settings = settings
         self.directory = directory
         self.uploads = uploads
         self.pacs = pacs
         self.ingest = ingest
         self.history = history
+        self.ledger = ledger
+        self.background = background
 
     def routes(self) -> list[tuple[str, Handler]]:
         """(Orthanc URI regex, handler) pairs for the adapter to register."""
@@ -42,9 +44,8 @@ class Api:
             ("/neuronova/upload", self.upload),
             ("/neuronova/upload/(.+)", self.upload),
             ("/neuronova/history", self.query_history),
-            *EgressRoutes(self.pacs).routes(),  # /neuronova/instances/{id}/uncompressed
-            # Core URIs: the plugin answers for HTJ2K instances and hands every other one back to Orthanc.
-            *ImageRoutes(self.pacs).routes(),  # preview, rendered, image-uint8/-uint16/-int16
+            ("/neuronova/storage", self.storage),
+            ("/neuronova/storage/compress", self.compress_existing),
             # A DICOMweb URI, for every instance: WADO-RS frames (the DICOMweb plugin keeps the rest).
             *WadoFrameRoutes(self.pacs, self.settings.dicomweb).routes(),
         ]
@@ -97,3 +98,19 @@ class Api:
         entries = self.history.query(since=since, study=request.query.get("study", ""),
                                      patient=request.query.get("patient", ""), action=action, limit=limit)
         return json_response(200, {"success": True, "count": len(entries), "entries": entries})
+
+    def storage(self, request: Request) -> Response:
+        """What is on disk: received and stored bytes (Orthanc's /statistics counts received sizes)."""
+        allow(request, "GET")
+        return json_response(200, {"success": True, "when": self.settings.storage.when,
+                                   "target": self.settings.storage.pack.target, **self.ledger.totals(),
+                                   "queue": self.background.backlog(), "job": self.background.job.to_json()})
+
+    def compress_existing(self, request: Request) -> Response:
+        """GET: the job's progress; POST: start compressing every plain file already stored."""
+        allow(request, "GET", "POST")
+        if request.method == "POST":
+            started = self.background.start_adoption()
+            return json_response(202 if started else 200, {"success": True, "started": started,
+                                                           "job": self.background.job.to_json()})
+        return json_response(200, {"success": True, "job": self.background.job.to_json()})

@@ -8,22 +8,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
-
 from .errors import ConfigError
 from .reconcile import ReconcileSettings
-from .transcoder import TranscodeSettings
+from .storage.area import StorageSettings
+from .storage.background import BackgroundSettings
+from .storage.container import PACKABLE_SYNTAXES, PackSettings
 
 SECTION = "NeuroNova"
 BUNDLED_SEED = os.path.join(os.path.dirname(__file__), "data", "demo_patients.json")
 MIB = 1024 * 1024
-UNCOMPRESSED_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
-                         DeflatedExplicitVRLittleEndian)
 
 
 @dataclass(frozen=True)
@@ -84,9 +77,11 @@ class DicomWebSettings:
 class Settings:
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     upload: UploadSettings = field(default_factory=UploadSettings)
-    transcoding: TranscodeSettings = field(default_factory=TranscodeSettings)
+    storage: StorageSettings = field(default_factory=lambda: StorageSettings(root="OrthancStorage"))
+    background: BackgroundSettings = field(default_factory=BackgroundSettings)
     reconciliation: ReconcileSettings = field(default_factory=ReconcileSettings)
     history_database: str = ""
+    ledger_database: str = ""
     dicomweb: DicomWebSettings = field(default_factory=DicomWebSettings)
 
 
@@ -190,30 +185,44 @@ def load_settings(orthanc_config: dict) -> Settings:
     upload.done()
 
     transcoding = root.section("Transcoding")
-    syntaxes = transcoding.get("TranscodableSyntaxes", list, list(UNCOMPRESSED_SYNTAXES),
-                               lambda v: set(v) <= set(UNCOMPRESSED_SYNTAXES),
-                               f"must list only uncompressed syntaxes {', '.join(UNCOMPRESSED_SYNTAXES)}")
-    transcode_settings = TranscodeSettings(
+    for retired, why in (("Verify", "verification is always on: every container is restored and compared"
+                                    " byte for byte before it replaces the received file"),):
+        if retired in transcoding.raw:
+            raise ConfigError(f"{transcoding.path}.{retired}: no longer a setting: {why}")
+    syntaxes = transcoding.get("TranscodableSyntaxes", list, sorted(PACKABLE_SYNTAXES),
+                               lambda v: set(v) <= PACKABLE_SYNTAXES,
+                               f"must list only {', '.join(sorted(PACKABLE_SYNTAXES))}")
+    pack_settings = PackSettings(
         target=transcoding.get("Target", str, "htj2k", lambda v: v in ("htj2k", "j2k", "none"),
                                "must be 'htj2k', 'j2k' or 'none'"),
-        verify=transcoding.get("Verify", bool, True),
-        transcodable_syntaxes=frozenset(syntaxes),
+        syntaxes=frozenset(syntaxes),
         min_pixel_bytes=transcoding.get("MinPixelBytes", int, 0, lambda v: v >= 0, "must be 0 or more"),
+        max_object_bytes=transcoding.get("MaxObjectSizeMB", int, 2048, _positive, "must be positive") * MIB,
         fallback_to_j2k=transcoding.get("FallbackToJ2K", bool, True),
         frame_threads=transcoding.get("FrameThreads", int, 2, _positive, "must be positive"),
     )
+    when = transcoding.get("When", str, "ingest", lambda v: v in ("ingest", "background"),
+                           "must be 'ingest' or 'background'")
+    background = transcoding.section("Background")
+    background_settings = BackgroundSettings(
+        threads=background.get("Threads", int, 1, _positive, "must be positive"),
+        max_per_second=float(background.get("MaxFilesPerSecond", int, 0, lambda v: v >= 0, "must be 0 or more")),
+    )
+    background.done()
     transcoding.done()
+    storage_settings = StorageSettings(root=storage, when=when, sync=orthanc_config.get("SyncStorageArea", True) is not False,
+                                       pack=pack_settings)
 
     reconciliation = root.section("Reconciliation")
+    if "CallingAETs" in reconciliation.raw:
+        raise ConfigError(f"{reconciliation.path}.CallingAETs: no longer a setting: Orthanc rewrites an instance "
+                          "before it tells the calling AE title, so reconciliation applies to every sender")
     reconcile_settings = ReconcileSettings(
         enabled=reconciliation.get("Enabled", bool, True),
         unknown_patient=reconciliation.get("UnknownPatient", str, "accept", lambda v: v in ("accept", "reject"),
                                            "must be 'accept' or 'reject'"),
         study_conflict=reconciliation.get("StudyConflict", str, "follow", lambda v: v in ("follow", "reject"),
                                           "must be 'follow' or 'reject'"),
-        calling_aets=frozenset(aet.strip() for aet in reconciliation.get(
-            "CallingAETs", list, [], lambda v: all(isinstance(a, str) and 0 < len(a.strip()) <= 16 for a in v),
-            "must list AE titles (1 to 16 characters)")),
         cache_seconds=float(reconciliation.get("CacheSeconds", int, 600, lambda v: v >= 0, "must be 0 or more")),
         reject_status=reconciliation.get("RejectStatus", int, 0xC000, lambda v: 0xA000 <= v <= 0xCFFF,
                                          "must be a DIMSE failure status (0xA000 to 0xCFFF)"),
@@ -225,5 +234,10 @@ def load_settings(orthanc_config: dict) -> Settings:
     history.done()
 
     root.done()
-    return Settings(directory_settings, upload_settings, transcode_settings, reconcile_settings, history_database,
+    for key, wanted in (("StorageCompression", False), ("IngestTranscoding", "")):
+        if orthanc_config.get(key, wanted) not in (wanted, None, False, ""):
+            raise ConfigError(f"{key}: must stay off with the NeuroNova plugin: it compresses in the storage "
+                              "area itself, where Orthanc's core never looks")
+    return Settings(directory_settings, upload_settings, storage_settings, background_settings, reconcile_settings,
+                    history_database, os.path.join(storage, "neuronova", "storage.sqlite"),
                     DicomWebSettings.from_orthanc(orthanc_config.get("DicomWeb")))

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import logging
-import os
-import queue
 import sqlite3
-import threading
 from dataclasses import dataclass
 
-log = logging.getLogger("neuronova.history")
+from .sqlite_writer import SqliteWriter
 
 _COLUMNS = ("time", "path", "remote", "sop_instance_uid", "study_instance_uid", "patient_before", "patient_after",
-            "action", "syntax_before", "syntax_after", "bytes_before", "bytes_after", "duration_ms", "error")
+            "action", "syntax_before", "syntax_after", "bytes_before", "bytes_after", "duration_ms", "error",
+            "attachment")
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -29,6 +26,8 @@ CREATE INDEX IF NOT EXISTS history_by_time ON history(time);
 CREATE INDEX IF NOT EXISTS history_by_study ON history(study_instance_uid);
 CREATE INDEX IF NOT EXISTS history_by_patient_after ON history(patient_after);
 """
+_MIGRATIONS = ("ALTER TABLE history ADD COLUMN attachment TEXT",
+               "CREATE INDEX IF NOT EXISTS history_by_attachment ON history(attachment)")
 
 
 @dataclass(frozen=True)
@@ -46,54 +45,32 @@ class HistoryEntry:
     bytes_after: int
     duration_ms: float
     error: str = ""
+    attachment: str = ""  # the uuid of the instance's DICOM file in the storage area
     time: str = dataclasses.field(
         default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"))
 
 
 class IngestHistory:
     def __init__(self, database_path: str):
-        os.makedirs(os.path.dirname(os.path.abspath(database_path)), exist_ok=True)
-        self._path = database_path
-        self._queue: queue.Queue[HistoryEntry | None] = queue.Queue()
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-        self._writer = threading.Thread(target=self._write_forever, name="neuronova-history", daemon=True)
-        self._writer.start()
+        self._writer = SqliteWriter(database_path, _SCHEMA, "neuronova-history", _MIGRATIONS)
+        self._insert = f"INSERT INTO history ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self._path, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        return db
+        return self._writer.connect()
 
     def record(self, entry: HistoryEntry) -> None:
-        self._queue.put(entry)
+        self._writer.submit(self._insert, tuple(getattr(entry, column) for column in _COLUMNS))
 
-    def _write_forever(self) -> None:
-        db = self._connect()
-        insert = f"INSERT INTO history ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
-        while True:
-            batch = [self._queue.get()]
-            while not self._queue.empty() and len(batch) < 500:
-                batch.append(self._queue.get_nowait())
-            entries = [entry for entry in batch if entry is not None]
-            try:
-                with db:
-                    db.executemany(insert, [tuple(getattr(e, c) for c in _COLUMNS) for e in entries])
-            except sqlite3.Error:
-                log.exception("Could not write %d ingest history rows", len(entries))
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
-            if None in batch:
-                db.close()
-                return
+    def set_stored(self, attachment: str, stored_bytes: int, syntax: str) -> None:
+        """The background work compressed an instance's file after its row was written."""
+        self._writer.submit("UPDATE history SET bytes_after = ?, syntax_after = ? WHERE attachment = ?",
+                            (stored_bytes, syntax, attachment))
 
     def flush(self) -> None:
-        self._queue.join()
+        self._writer.flush()
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._writer.join(timeout=10)
+        self._writer.close()
 
     def query(self, since: str = "", study: str = "", patient: str = "", action: str = "",
               limit: int = 100) -> list[dict]:

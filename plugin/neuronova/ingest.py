@@ -1,27 +1,26 @@
-"""The ingest pipeline every instance goes through inside Orthanc, whatever its path.
+"""The ingest pipeline every instance goes through inside Orthanc, whatever its path: patient
+identity before Orthanc stores it, the history row once it is stored. Compression is not here: it
+happens in the storage area (storage/), where Orthanc's core never looks.
 
-Where it runs is dictated by Orthanc 1.10 with orthanc-python 4.0, measured here:
-- Orthanc runs the received-instance callback and the incoming C-STORE filter under one plugin
-  lock, one instance at a time;
-- orthanc-python 4.0 keeps the GIL during every SDK call. A Python thread that stores an instance
-  with RestApiPost("/instances") waits for that plugin lock while holding the GIL, and a C-STORE or
-  STOW-RS thread holding the lock waits for the GIL to enter the callback: Orthanc deadlocks
-  (seen with REST uploads during a C-STORE).
-So: REST, DICOMweb and upload-route instances are processed in the received-instance callback;
-C-STORE instances in the C-STORE filter, which alone knows the calling AE title and can answer a
-DIMSE failure status but cannot modify (a changed instance is stored by the filter's own thread,
-which already holds the lock, and the original answered "success, discarded"). Routes store through
-Orthanc's HTTP server on loopback, never with RestApiPost, so they wait without the GIL; and the
-plugin publishes metrics only from those callbacks.
+Orthanc 1.10 and 1.12 (measured) call, on the thread that stores one instance and in this order:
+the received-instance callback (one instance at a time, under one plugin lock; it may modify the
+instance), then for C-STORE the incoming C-STORE filter (same lock; it knows the calling AE title and
+its answer other than 0 is the DIMSE status), then the storage area's create, then the
+stored-instance callback (not called for AlreadyStored). So the received-instance callback
+rewrites the identity on every path, the filter only refuses what reconciliation refused, and the
+stored-instance callback writes the history row with what the storage area wrote. A thread-local
+carries each instance's decision from one callback to the next.
+
+What Orthanc itself makes at a user's request (modify, anonymize, merge, split: stored from its job
+threads, or from an HTTP request other than an ingest) is stored as asked: never reconciled.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from typing import Callable
 
@@ -31,18 +30,17 @@ from .dicom.assign import REASON_COERCE, assign_identity
 from .errors import PatientRejected
 from .history import HistoryEntry, IngestHistory
 from .metrics import Metrics
+from .per_thread import PerThread
 from .reconcile import REJECTED, UNCHANGED, Identity, Reconciler
-from .transcoder import TranscodeSettings, transcode
+from .storage.area import Written
+from .storage.arrival import decode_htj2k_arrival
 
 log = logging.getLogger("neuronova.ingest")
 
 _IDENTITY_TAGS = ["SOPInstanceUID", "StudyInstanceUID", "PatientID", "IssuerOfPatientID", "PatientName",
                   "PatientBirthDate", "PatientSex"]
 
-#: Answers of the incoming C-STORE filter, as Orthanc 1.10 reads them (other values are DIMSE statuses).
-CSTORE_ACCEPT = 0
-CSTORE_DISCARD_AS_SUCCESS = 1
-CSTORE_OUT_OF_RESOURCES = 0xA700
+CSTORE_ACCEPT = 0  # the incoming C-STORE filter's "store it"; other values are the DIMSE status
 
 KEEP, MODIFY, DISCARD = "keep", "modify", "discard"
 
@@ -76,21 +74,30 @@ class UploadOutcome:
     rejection: str | None = None  # why reconciliation refused it
 
 
-@dataclass(frozen=True)
-class Processed:
-    data: bytes  # what to store (the original object when nothing changed)
+@dataclass
+class _Pending:
+    """One instance between the received-instance callback and the stored-instance callback."""
+
+    sop: str
     entry: HistoryEntry
+    rejection: str | None = None
+    started: float = 0.0
+    target: dict[str, str] | None = None  # the reconciled patient tags to write, when they change
+    by_filter: bool = False  # decided in the C-STORE filter (Orthanc calling it before the callback)
+
+    def matches(self, dicom: bytes) -> bool:
+        """Is this the instance decided? Its SOP Instance UID is in the file meta, near the start."""
+        return bool(self.sop) and dicom.find(self.sop.encode("ascii", "replace"), 0, 4096) >= 0
 
 
 class Ingest:
-    def __init__(self, transcoding: TranscodeSettings, reconciler: Reconciler, history: IngestHistory,
-                 metrics: Metrics, clock: Callable[[], float] = time.perf_counter):
-        self.transcoding = transcoding
+    def __init__(self, reconciler: Reconciler, history: IngestHistory, metrics: Metrics,
+                 clock: Callable[[], float] = time.perf_counter):
         self.reconciler = reconciler
         self.history = history
         self.metrics = metrics
         self._clock = clock
-        self._thread = threading.local()
+        self._pending: PerThread[_Pending] = PerThread()
         self._lock = threading.Lock()
         self._uploads: dict[str, UploadOutcome] = {}  # SOP Instance UID -> what the upload route awaits
 
@@ -106,88 +113,100 @@ class Ingest:
         with self._lock:
             self._uploads.pop(sop_instance_uid, None)
 
-    @contextlib.contextmanager
-    def storing_processed(self):
-        """Mark this thread while the C-STORE filter stores the instance it processed."""
-        self._thread.processed = True
-        try:
-            yield
-        finally:
-            self._thread.processed = False
+    def received(self, dicom: bytes, path: str, reconcile: bool = True) -> tuple[str, bytes | None]:
+        """(KEEP / MODIFY / DISCARD, new bytes) for the received-instance callback; never raises.
 
-    def process(self, dicom: bytes, path: str, remote: str = "", assigned: bool = False) -> Processed:
-        """Transcode and reconcile one instance. Raises PatientRejected; any other failure keeps the original."""
+        `reconcile` is False for what Orthanc made at a user's request (stored as asked)."""
+        pending = self._pending.pop()
         started = self._clock()
+        try:
+            data = decode_htj2k_arrival(dicom)  # HTJ2K is decoded for the core, compressed again on disk
+            if not (path == "dicom" and pending is not None and pending.by_filter and pending.matches(dicom)):
+                pending = self._decide(data, path, reconcile, started)
+            rewritten = rewrite_identity(data, pending.target) if pending.target else None
+        except Exception:
+            log.exception("Ingest of an instance received by %s failed; stored as received", path)
+            return KEEP, None
+        self._pending.set(pending)
+        if pending.rejection is not None and path != "dicom":  # C-STORE: the filter answers the refusal
+            self._finish(pending, None)
+            return DISCARD, None
+        if rewritten is not None:
+            return MODIFY, rewritten
+        return (MODIFY, data) if data is not dicom else (KEEP, None)
+
+    def _decide(self, dicom: bytes, path: str, reconcile: bool, started: float) -> _Pending:
         try:
             sop, identity = read_identity(dicom)
         except Exception as error:  # Orthanc parsed it, pydicom cannot: store it as it came, say so
-            entry = HistoryEntry(path, remote, "", "", "", "", UNCHANGED, "", "", len(dicom), len(dicom),
-                                 round((self._clock() - started) * 1000, 3), f"header unreadable: {error}")
-            self.history.record(entry)
-            return Processed(dicom, entry)
+            entry = HistoryEntry(path, "", "", "", "", "", UNCHANGED, "", "", len(dicom), len(dicom), 0.0,
+                                 f"header unreadable: {error}")
+            return _Pending("", entry, started=started)
         with self._lock:
             upload = self._uploads.pop(sop, None)
-        if upload is not None:
-            path, assigned = "upload", upload.assigned
-        result = transcode(dicom, self.transcoding)
-        data, action, reason, patient_after = result.data, UNCHANGED, "", identity.patient_id
-        decision = None
+        assigned = False
+        if upload is not None:  # the upload route's own store (its token bypasses the HTTP filter)
+            path, assigned, reconcile = "upload", upload.assigned, True
+        action, reason, patient_after, decision, target = UNCHANGED, "", identity.patient_id, None, None
         if assigned:
             decision = self.reconciler.decide_assigned(identity)
-        elif self.reconciler.settings.enabled and (path != "dicom" or self.reconciler.applies_to(remote)):
+        elif reconcile and self.reconciler.settings.enabled:
             decision = self.reconciler.decide(identity)
         if decision is not None:
             action, reason, patient_after = decision.action, decision.reason, decision.patient_after(identity)
             if decision.action != REJECTED and decision.target and decision.target != identity.tags():
                 log.info("SOP Instance %s: %s to the EMR patient (%s)", sop, decision.action, path)
-                data = rewrite_identity(data, decision.target)
-        error = result.reason if result.outcome == "failed" else reason if action in (REJECTED, "unverified") else ""
+                target = decision.target
+        rejected = action == REJECTED
         entry = HistoryEntry(
-            path=path, remote=remote, sop_instance_uid=sop, study_instance_uid=identity.study_uid,
-            patient_before=identity.patient_id, patient_after=patient_after if action != REJECTED else "",
-            action=action, syntax_before=result.syntax_before,
-            syntax_after=result.syntax_after if action != REJECTED else "", bytes_before=len(dicom),
-            bytes_after=len(data) if action != REJECTED else 0,
-            duration_ms=round((self._clock() - started) * 1000, 3), error=error)
-        self.history.record(entry)
-        self.metrics.count(result, action, entry.bytes_before - entry.bytes_after,
-                           self.reconciler.lookups, self.reconciler.lookup_errors)
+            path=path, remote="", sop_instance_uid=sop, study_instance_uid=identity.study_uid,
+            patient_before=identity.patient_id, patient_after="" if rejected else patient_after, action=action,
+            syntax_before="", syntax_after="", bytes_before=len(dicom), bytes_after=0, duration_ms=0.0,
+            error=reason if action in (REJECTED, "unverified") else "")
         if upload is not None:
-            upload.patient_id, upload.rejection = entry.patient_after or None, reason if action == REJECTED else None
-        if action == REJECTED:
-            raise PatientRejected(reason)
-        return Processed(data, entry)
+            upload.patient_id, upload.rejection = entry.patient_after or None, reason if rejected else None
+        return _Pending(sop, entry, reason if rejected else None, started, target)
 
-    def received(self, dicom: bytes, path: str) -> tuple[str, bytes | None]:
-        """(KEEP / MODIFY / DISCARD, new bytes); never raises."""
-        if getattr(self._thread, "processed", False) or path == "dicom":
-            return KEEP, None  # stored by the C-STORE filter after processing, or the filter will do it
-        try:
-            processed = self.process(dicom, path)
-        except PatientRejected:
-            return DISCARD, None
-        except Exception:
-            log.exception("Ingest of an instance received by %s failed; stored as received", path)
-            return KEEP, None
-        return (MODIFY, processed.data) if processed.data is not dicom else (KEEP, None)
+    def cstore_filter(self, dicom: bytes, calling_aet: str) -> int:
+        """The DIMSE answer for one C-STORE instance: 0, or the refusal status. Orthanc 1.10 calls the
+        received-instance callback first (its decision is used); were the filter called first, it
+        decides here and the callback uses that decision."""
+        pending = self._pending.get()
+        if pending is None or not pending.matches(dicom):
+            try:
+                pending = self._decide(dicom, "dicom", True, self._clock())
+            except Exception:
+                log.exception("Ingest of an instance from %s failed; stored as received", calling_aet)
+                return CSTORE_ACCEPT
+            pending.by_filter = True
+            self._pending.set(pending)
+        pending.entry = replace(pending.entry, remote=calling_aet)
+        if pending.rejection is None:
+            return CSTORE_ACCEPT
+        log.warning("C-STORE from %s rejected: %s", calling_aet, pending.rejection)
+        self._pending.pop()
+        self._finish(pending, None)
+        return self.reconciler.settings.reject_status
 
-    def cstore_filter(self, dicom: bytes, calling_aet: str, store: Callable[[bytes], dict]) -> int:
-        """The DIMSE answer for one C-STORE instance; never raises, never drops an image silently."""
-        try:
-            processed = self.process(dicom, "dicom", remote=calling_aet)
-        except PatientRejected as error:
-            log.warning("C-STORE from %s rejected: %s", calling_aet, error)
-            return self.reconciler.settings.reject_status
-        except Exception:
-            log.exception("Ingest of an instance from %s failed; stored as received", calling_aet)
-            return CSTORE_ACCEPT
-        if processed.data is dicom:
-            return CSTORE_ACCEPT
-        try:
-            with self.storing_processed():
-                store(processed.data)
-        except Exception:
-            log.exception("Could not store the processed instance %s from %s; the sender may retry",
-                          processed.entry.sop_instance_uid, calling_aet)
-            return CSTORE_OUT_OF_RESOURCES
-        return CSTORE_DISCARD_AS_SUCCESS
+    def stored(self, written: Written | None, remote_aet: str = "") -> None:
+        """The stored-instance callback: the history row, with what the storage area wrote."""
+        pending = self._pending.pop()
+        if pending is None:  # stored without the received-instance callback (cannot happen in 1.10 / 1.12)
+            return
+        if remote_aet and not pending.entry.remote:
+            pending.entry = replace(pending.entry, remote=remote_aet)
+        self._finish(pending, written)
+
+    def _finish(self, pending: _Pending, written: Written | None) -> None:
+        entry = pending.entry
+        if written is not None:
+            packed = written.packed
+            entry = replace(entry, attachment=written.uuid, bytes_before=written.received_bytes,
+                            bytes_after=written.stored_bytes, syntax_before=packed.syntax_before,
+                            syntax_after=packed.syntax_after or packed.syntax_before,
+                            error=entry.error or (packed.reason if packed.outcome == "failed" else ""))
+        entry = replace(entry, duration_ms=round((self._clock() - pending.started) * 1000, 3))
+        self.history.record(entry)
+        self.metrics.count(written.packed.outcome if written else "", entry.action,
+                           entry.bytes_before - entry.bytes_after if written else 0,
+                           self.reconciler.lookups, self.reconciler.lookup_errors)

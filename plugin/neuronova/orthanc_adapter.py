@@ -14,16 +14,21 @@ from .api import Api
 from .http import Request, Response, answer
 from .config import Settings, load_settings
 from .directory import EmbeddedRegistry, PatientDirectory
-from .egress import Egress
-from .errors import BadRequest, CoreCannotAnswer, NeuroNovaError, NotFound, StoreRejected
+from .errors import BadRequest, CoreCannotAnswer, NotFound, StoreRejected
 from .history import IngestHistory
 from .ingest import DISCARD, MODIFY, Ingest
 from .metrics import Metrics
+from .per_thread import PerThread
 from .reconcile import Reconciler
+from .storage import container
+from .storage.area import StorageArea, StorageError
+from .storage.background import BackgroundCompressor
+from .storage.ledger import Ledger
 from .ui import explorer_extension_js
 from .upload import UploadService
 
 log = logging.getLogger("neuronova")
+HTJ2K_CONTAINERS = frozenset({"1.2.840.10008.1.2.4.201"})
 
 
 class _OrthancLogHandler(logging.Handler):
@@ -51,28 +56,89 @@ def start(sdk) -> None:
     log.setLevel(logging.INFO)
     log.propagate = False
 
-    settings = load_settings(json.loads(sdk.GetConfiguration()))  # raises ConfigError naming the key
-    directory = _build_directory(settings)
     orthanc_config = json.loads(sdk.GetConfiguration())
-    pacs = OrthancPacs(sdk, orthanc_config)
+    settings = load_settings(orthanc_config)  # raises ConfigError naming the key
+    directory = _build_directory(settings)
+    ledger = Ledger(settings.ledger_database)
     history = IngestHistory(settings.history_database)
+    area = StorageArea(settings.storage, ledger)
+    background = BackgroundCompressor(area, ledger, settings.background, history.set_stored)
+    if settings.storage.when == "background":
+        area.enqueue = background.enqueue
+    pacs = OrthancPacs(sdk, orthanc_config, area)
     metrics = Metrics(lambda name, value: sdk.SetMetricsValue(name, value, sdk.MetricsType.DEFAULT))
-    ingest = Ingest(settings.transcoding, Reconciler(directory, settings.reconciliation, pacs.study_owner),
-                    history, metrics)
+    metrics.storage_totals = ledger.totals
+    ingest = Ingest(Reconciler(directory, settings.reconciliation, pacs.study_owner), history, metrics)
     uploads = UploadService(directory, ingest, pacs.store, settings.upload)
-    api = Api(settings, directory, uploads, pacs, ingest, history)
+    api = Api(settings, directory, uploads, pacs, ingest, history, ledger, background)
     for uri, route in api.routes():
         sdk.RegisterRestCallback(uri, _rest_callback(sdk, route))
     sdk.ExtendOrthancExplorer(explorer_extension_js())  # the "Upload DICOM" button
     sdk.SetRootUri("../neuronova/app/index.html")  # Explorer's Plugins page links to the dashboard
-    sdk.RegisterReceivedInstanceCallback(_received_instance_callback(sdk, ingest))
-    sdk.RegisterMoveCallback(_move_callback(Egress(pacs)))  # replaces Orthanc's C-MOVE SCP (egress.py)
+    _register_storage_area(sdk, area)
+    requests_seen = _register_http_request_filter(sdk)
+    sdk.RegisterReceivedInstanceCallback(_received_instance_callback(sdk, ingest, requests_seen))
     sdk.RegisterIncomingCStoreInstanceFilter(
-        lambda instance: ingest.cstore_filter(instance.GetInstanceData(), instance.GetInstanceRemoteAet(),
-                                              pacs.store_within_callback))
-    log.info("started: directory %s, transcoding to %s (verify %s), reconciliation %s",
-             settings.directory.backend, settings.transcoding.target, "on" if settings.transcoding.verify else "off",
+        lambda instance: ingest.cstore_filter(instance.GetInstanceData(), instance.GetInstanceRemoteAet()))
+    sdk.RegisterOnStoredInstanceCallback(_on_stored(ingest, area))
+    sdk.RegisterOnChangeCallback(_on_change(sdk, background, history, ledger))
+    background.start()
+    log.info("started: directory %s, storage %s (compression %s, %s), reconciliation %s",
+             settings.directory.backend, settings.storage.root, settings.storage.pack.target, settings.storage.when,
              "on" if settings.reconciliation.enabled else "off")
+
+
+def _register_storage_area(sdk, area: StorageArea) -> None:
+    """Orthanc's storage area: exceptions in create refuse the instance cleanly (HTTP 500, C-STORE 0xA700)."""
+    dicom = sdk.ContentType.DICOM
+
+    def create(uuid, content_type, data):
+        area.create(uuid, content_type == dicom, data)
+
+    def read(uuid, content_type):
+        return area.read(uuid)
+
+    def remove(uuid, content_type):
+        area.remove(uuid)
+
+    sdk.RegisterStorageArea(create, read, remove)
+
+
+def _register_http_request_filter(sdk) -> PerThread:
+    """Marks each HTTP thread with the request it serves (it lets every request through): the
+    received-instance callback tells an ingest (POST /instances, STOW-RS, uploads) from what Orthanc
+    makes at a user's request, which its job threads store, unmarked."""
+    seen: PerThread[tuple] = PerThread()
+
+    def request_filter(uri, **request):
+        seen.set((request.get("method"), uri))
+        return True
+
+    sdk.RegisterIncomingHttpRequestFilter(request_filter)
+    return seen
+
+
+def _on_stored(ingest: Ingest, area: StorageArea):
+    """The history row first, then (background mode) the file to the workers: a worker that
+    compressed the file before the row was written would update no row, and the history would keep
+    the received size (the SQLite writer runs statements in the order they are submitted)."""
+    def on_stored(instance, instance_id):
+        written = area.take_written()
+        try:
+            ingest.stored(written, instance.GetInstanceRemoteAet())
+        finally:
+            if written is not None and written.packed.outcome == "pending" and area.enqueue is not None:
+                area.enqueue(written.uuid)
+    return on_stored
+
+
+def _on_change(sdk, background: BackgroundCompressor, history: IngestHistory, ledger: Ledger):
+    def on_change(change_type, level, resource):
+        if change_type == sdk.ChangeType.ORTHANC_STOPPED:
+            background.stop()
+            history.close()
+            ledger.close()
+    return on_change
 
 
 def _build_directory(settings: Settings) -> PatientDirectory:
@@ -85,8 +151,9 @@ def _build_directory(settings: Settings) -> PatientDirectory:
 class OrthancPacs:
     """The Pacs protocol over Orthanc's own REST API, called in-process."""
 
-    def __init__(self, sdk, orthanc_config: dict):
+    def __init__(self, sdk, orthanc_config: dict, area: StorageArea):
         self.sdk = sdk
+        self.area = area
         scheme = "https" if orthanc_config.get("SslEnabled") else "http"
         self._instances_url = f"{scheme}://127.0.0.1:{orthanc_config.get('HttpPort', 8042)}/instances"
         self._token = sdk.GenerateRestApiAuthorizationToken()
@@ -111,13 +178,6 @@ class OrthancPacs:
             raise StoreRejected(f"Orthanc refused to store the file (HTTP {answer.status_code}): {detail}")
         return answer.json()
 
-    def store_within_callback(self, dicom: bytes) -> dict:
-        """RestApiPost, for the C-STORE filter only: its thread already holds Orthanc's plugin lock."""
-        try:
-            return json.loads(self.sdk.RestApiPost("/instances", dicom))
-        except self.sdk.OrthancException as error:
-            raise StoreRejected(f"Orthanc refused to store the file: {error}") from None
-
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
@@ -135,6 +195,19 @@ class OrthancPacs:
 
     def instance_file(self, instance_id: str) -> bytes:
         return self.sdk.RestApiGet(f"/instances/{instance_id}/file")
+
+    def kept_codestreams(self, instance_id: str):
+        """(syntax, codestream per frame) when the storage area keeps this instance as HTJ2K, else None."""
+        try:
+            info = json.loads(self.sdk.RestApiGet(f"/instances/{instance_id}/attachments/dicom/info"))
+            with open(self.area.path(info["Uuid"]), "rb") as stored_file:
+                stored = stored_file.read()
+        except (self.sdk.OrthancException, OSError, KeyError, ValueError, StorageError):
+            return None
+        if not container.is_container(stored):
+            return None
+        syntax, codestreams = container.frame_codestreams(stored)
+        return (syntax, codestreams) if syntax in HTJ2K_CONTAINERS else None
 
     def study_owner(self, study_instance_uid: str) -> dict[str, str] | None:
         matches = json.loads(self.sdk.RestApiPost("/tools/lookup", study_instance_uid))
@@ -200,23 +273,24 @@ def _send(sdk, output, response: Response) -> None:
         output.SendHttpStatus(response.status, text, len(response.body))
 
 
-def _move_callback(egress):
-    def callback(**request):
-        try:
-            egress.move(**request)
-        except NeuroNovaError as error:  # a clean line in Orthanc's log; the C-MOVE answers a failure
-            log.warning("C-MOVE to %s failed: %s", request.get("TargetAET", "?"), error)
-            raise
-    return callback
-
-
-def _received_instance_callback(sdk, ingest: Ingest):
+def _received_instance_callback(sdk, ingest: Ingest, requests_seen: PerThread):
     actions = sdk.ReceivedInstanceAction
-    paths = {sdk.InstanceOrigin.DICOM_PROTOCOL: "dicom", sdk.InstanceOrigin.REST_API: "rest",
-             sdk.InstanceOrigin.PLUGIN: "plugin", sdk.InstanceOrigin.LUA: "lua", sdk.InstanceOrigin.WEB_DAV: "webdav"}
+    origins = sdk.InstanceOrigin
+    paths = {origins.DICOM_PROTOCOL: "dicom", origins.REST_API: "rest", origins.PLUGIN: "plugin",
+             origins.LUA: "lua", origins.WEB_DAV: "webdav"}
+
+    def reconciles(origin) -> bool:
+        if origin == origins.DICOM_PROTOCOL:
+            return True
+        request = requests_seen.get()
+        if request is None:  # a job thread: modify, anonymize, merge, split (or another plugin's thread)
+            return False
+        if origin == origins.REST_API:  # POST /instances; not /tools/create-dicom and the like
+            return request[1].rstrip("/") == "/instances"
+        return True  # STOW-RS and other plugins' uploads, WebDAV, on an HTTP thread
 
     def callback(received: bytes, origin):
-        action, data = ingest.received(received, paths.get(origin, "unknown"))
+        action, data = ingest.received(received, paths.get(origin, "unknown"), reconciles(origin))
         if action == MODIFY:
             return actions.MODIFY, data
         return (actions.DISCARD if action == DISCARD else actions.KEEP_AS_IS), None

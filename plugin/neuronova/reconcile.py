@@ -27,7 +27,6 @@ class ReconcileSettings:
     enabled: bool = True
     unknown_patient: str = "accept"  # or "reject"
     study_conflict: str = "follow"  # follow the stored study's patient, or "reject"
-    calling_aets: frozenset[str] = frozenset()  # reconciled C-STORE senders; empty means all
     cache_seconds: float = 600.0  # how long a study's arrival keeps its lookups
     reject_status: int = 0xC000  # DIMSE status a modality receives for a rejected instance
 
@@ -80,9 +79,6 @@ class Reconciler:
         self._arrivals: dict[tuple[str, str, str], _Arrival] = {}
         self.lookups = 0
         self.lookup_errors = 0
-
-    def applies_to(self, calling_aet: str) -> bool:
-        return not self.settings.calling_aets or calling_aet.strip() in self.settings.calling_aets
 
     def decide(self, identity: Identity) -> Decision:
         with self._lock:  # decisions about one study must not interleave

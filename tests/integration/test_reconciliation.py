@@ -134,7 +134,7 @@ def test_metrics_appear_in_orthancs_prometheus_endpoint(pacs, tmp_path):
     assert storescu(pacs.dicom_port, make_series(tmp_path, 2, PatientID="LOCAL-1")).returncode == 0
     assert metric(pacs, "neuronova_transcoded") == before + 2
     for name in ("neuronova_instances_unmatched", "neuronova_instances_coerced", "neuronova_bytes_saved",
-                 "neuronova_verification_failures", "neuronova_emr_lookup_errors", "neuronova_transcode_failures"):
+                 "neuronova_stored_bytes", "neuronova_received_bytes", "neuronova_emr_lookup_errors", "neuronova_transcode_failures"):
         metric(pacs, name)
     assert metric(pacs, "neuronova_bytes_saved") > 0
 
@@ -142,7 +142,7 @@ def test_metrics_appear_in_orthancs_prometheus_endpoint(pacs, tmp_path):
 @pytest.fixture(scope="module")
 def strict_pacs(tmp_path_factory):
     server = OrthancServer(str(tmp_path_factory.mktemp("strict")), {"NeuroNova": {"Reconciliation": {
-        "UnknownPatient": "reject", "StudyConflict": "reject", "CallingAETs": ["CT1", "MR7"]}}}).start()
+        "UnknownPatient": "reject", "StudyConflict": "reject"}}}).start()
     yield server
     server.stop()
 
@@ -180,12 +180,6 @@ def test_reject_policy_answers_the_upload_route_with_409_and_core_rest_with_filt
     assert core.status_code == 200 and core.json()["Status"] == "FilteredOut"
     assert strict_pacs.instances() == []
     assert len(history(strict_pacs, patient="LOCAL-406", action="rejected")) == 2
-
-
-def test_calling_aets_not_listed_are_not_reconciled(strict_pacs, tmp_path):
-    (path,) = make_series(tmp_path, 1, PatientID="LOCAL-407")
-    assert storescu(strict_pacs.dicom_port, [path], calling_aet="WORKSTATION").returncode == 0
-    assert stored(strict_pacs, parse(open(path, "rb").read()).SOPInstanceUID).PatientID == "LOCAL-407"
 
 
 def test_reject_policy_refuses_a_study_split(strict_pacs, tmp_path):

@@ -118,6 +118,12 @@ class OrthancServer:
     def delete(self, path: str) -> requests.Response:
         return requests.delete(self.url + path, timeout=60)
 
+    def stored_file(self, instance_id: str) -> bytes:
+        """The bytes on disk of the instance's DICOM attachment (Orthanc's ab/cd/uuid layout)."""
+        uuid = self.get(f"/instances/{instance_id}/attachments/dicom/info").json()["Uuid"]
+        with open(os.path.join(self.config["StorageDirectory"], uuid[0:2], uuid[2:4], uuid), "rb") as stored:
+            return stored.read()
+
     def instances(self) -> list[str]:
         return self.get("/instances").json()
 

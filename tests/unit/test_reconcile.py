@@ -117,12 +117,6 @@ def test_a_study_stored_under_another_patient_is_followed_or_rejected(directory)
     assert reconciler(directory, owners={"S1": owner}, study_conflict="reject").decide(identity("P-2")).action == "rejected"
 
 
-def test_calling_aet_filter(directory):
-    assert reconciler(directory).applies_to("ANY")
-    recon = reconciler(directory, calling_aets=frozenset({"CT1"}))
-    assert recon.applies_to("CT1 ") and not recon.applies_to("MR1")
-
-
 def test_history_filters_newest_first_and_study_sizes(tmp_path):
     history = IngestHistory(str(tmp_path / "h.sqlite"))
 

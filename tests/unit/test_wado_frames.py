@@ -8,8 +8,8 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, HTJ2KLossle
 
 from neuronova.config import DicomWebSettings, load_settings
 from neuronova.errors import BadRequest
-from neuronova.uncompressed import frame_to_little_endian, to_explicit_little_endian
-from neuronova.wado_frames import (Choice, MediaRange, NotAcceptable, check_frames, choices, multipart, parse_accept,
+from neuronova.dicomweb.frame_decoding import frame_to_little_endian
+from neuronova.dicomweb.frames import (Choice, MediaRange, NotAcceptable, check_frames, choices, multipart, parse_accept,
                                    parse_frame_list, pixel_module, public_base, resolve)
 from support.dicom_files import parse, read_bytes
 
@@ -19,7 +19,7 @@ J2K, J2K_LOSSY, JPEG_BASELINE, RLE = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1
 
 
 @pytest.mark.parametrize("header, expected", [
-    (None, [MediaRange()]), ("", [MediaRange()]), ("*/*", [MediaRange()]),
+    (None, [MediaRange()]), ("", [MediaRange()]), ("*/*", [MediaRange(anything=True)]),
     ("multipart/related", [MediaRange()]),
     ('multipart/related; type="application/octet-stream"; transfer-syntax=*', [MediaRange(OCTET, "*")]),
     ("Multipart/Related; Type=Image/JPHC", [MediaRange("image/jphc", "")]),
@@ -127,12 +127,14 @@ def test_multipart_framing_is_the_dicomweb_plugins():
 
 
 @pytest.mark.parametrize("name", ["emri_small_jpeg_2k_lossless.dcm", "emri_small_RLE.dcm", "SC_rgb_rle_2frame.dcm",
-                                  "US1_J2KR.dcm", "SC_rgb_dcmtk_+eb+cy+s2.dcm", "JPEGLSNearLossless_16.dcm"])
-def test_one_frame_decodes_as_in_the_whole_uncompressed_copy(name):
+                                  "US1_J2KR.dcm", "MR_small_jp2klossless.dcm", "JPEG2000.dcm"])
+def test_one_frame_decodes_as_pydicom_decodes_the_whole_instance(name):
     data = read_bytes(name)
     dataset = parse(data)
     count = int(dataset.get("NumberOfFrames", 1) or 1)
-    copy = parse(to_explicit_little_endian(data)).PixelData
+    reference = parse(data)
+    reference.decompress(as_rgb=False, generate_instance_uid=False)  # pydicom's decoders (pylibjpeg, own RLE)
+    copy = reference.PixelData
     frames = [frame_to_little_endian(frame, dataset, dataset.file_meta.TransferSyntaxUID)
               for frame in generate_frames(dataset.PixelData, number_of_frames=count)]
     assert len({len(frame) for frame in frames}) == 1
@@ -147,3 +149,23 @@ def test_pixel_module_from_orthancs_short_tags():
     assert (module.Rows, module.Columns, module.PhotometricInterpretation, module.BitsAllocated,
             module.PixelRepresentation) == (64, 32, "MONOCHROME2", 16, 1)
     assert "BitsStored" not in module and "PatientName" not in module
+
+
+@pytest.mark.parametrize("accept, label", [
+    ('multipart/related; type="application/octet-stream"; transfer-syntax=*', f"{OCTET}; transfer-syntax={HTJ2KLossless}"),
+    (f'multipart/related; type="application/octet-stream"; transfer-syntax={HTJ2KLossless}',
+     f"{OCTET}; transfer-syntax={HTJ2KLossless}"),
+    ('multipart/related; type="image/jphc"', f"image/jphc; transfer-syntax={HTJ2KLossless}"),
+    ("*/*", f"{OCTET}; transfer-syntax={HTJ2KLossless}"),
+])
+def test_kept_htj2k_codestreams_answer_whoever_accepts_htj2k(accept, label):
+    best = choices(parse_accept(accept), ExplicitVRLittleEndian, HTJ2KLossless)[0]
+    assert (best.content_type, best.kept, best.decode) == (label, True, False)
+
+
+@pytest.mark.parametrize("accept", [None, 'multipart/related; type="application/octet-stream"',
+                                    f'multipart/related; type="application/octet-stream"; transfer-syntax={ExplicitVRLittleEndian}'])
+def test_without_htj2k_in_accept_the_received_frames_answer_as_dicomweb_does(accept):
+    assert choices(parse_accept(accept), ExplicitVRLittleEndian, HTJ2KLossless) == \
+        choices(parse_accept(accept), ExplicitVRLittleEndian)
+    assert not any(choice.kept for choice in choices(parse_accept(accept), ExplicitVRLittleEndian, HTJ2KLossless))

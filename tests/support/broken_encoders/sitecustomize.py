@@ -1,7 +1,7 @@
 """Test-only fault injection: Orthanc's embedded Python imports this at start (it is put first on
 PYTHONPATH by the test), and every codec backend's encoder then fails as a broken library would."""
 
-from neuronova.codec import htj2k, j2k
+from neuronova.storage.codec import htj2k, j2k
 
 
 def _broken_encoder(*args, **kwargs):

@@ -1,18 +1,7 @@
-"""Any stored instance as uncompressed Explicit VR Little Endian, for tools that cannot read HTJ2K.
-
-* Explicit VR Little Endian: the stored file, untouched.
-* HTJ2K, JPEG 2000, JPEG-LS, JPEG (8-bit baseline / extended, lossless): every frame decoded
-  with imagecodecs (OpenJPH, OpenJPEG, CharLS, libjpeg-turbo, liblj92: the plugin's own libraries),
-  the Image Pixel attributes made to describe the decoded pixels (YBR_RCT / YBR_ICT and lossy
-  JPEG colour become RGB, Planar Configuration 0), everything else kept.
-* RLE Lossless: pydicom's own decoder (no colour transform, nothing to fix).
-* Implicit VR, big endian, deflated: re-encoded by pydicom, big-endian binary values swapped.
-
-Orthanc's own transcoding is not used: on Orthanc 1.10.1 with the GDCM plugin 1.5,
-``POST /instances/{id}/modify {"Transcode": "1.2.840.10008.1.2.1"}`` of a JPEG 2000 instance
-killed the Orthanc process (measured), and ``GET /instances/{id}/file?transcode=`` is ignored.
-The SOP Instance UID never changes.
-"""
+"""Frames of instances received compressed, decoded to the uncompressed little-endian bytes the
+DICOMweb plugin answers for them, with the plugin's own libraries (imagecodecs: OpenJPH, OpenJPEG,
+CharLS, libjpeg-turbo, liblj92; RLE by pydicom). Orthanc's own transcoder is never called: with
+GDCM 1.5 it killed Orthanc for several syntaxes (measured)."""
 
 from __future__ import annotations
 
@@ -24,7 +13,10 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (
+    HTJ2K,
     UID,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
     ExplicitVRLittleEndian,
     JPEG2000,
     JPEG2000Lossless,
@@ -37,11 +29,11 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from .codec import htj2k, j2k
-from .errors import NeuroNovaError
-from .rendering import HTJ2K_SYNTAXES
+from ..errors import NeuroNovaError
+from ..storage.codec import htj2k, j2k
 
-_SWAP_WIDTHS = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+HTJ2K_SYNTAXES = frozenset({HTJ2K, HTJ2KLossless, HTJ2KLosslessRPCL})
+
 _LOSSY_JPEG = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit})
 
 
@@ -117,27 +109,6 @@ def _photometric(dataset: pydicom.Dataset) -> str:
     return str(dataset.get("PhotometricInterpretation", "") or "").strip()
 
 
-def to_explicit_little_endian(dicom: bytes) -> bytes:
-    """The instance as uncompressed Explicit VR Little Endian, same SOP Instance UID. Raises CannotDecode."""
-    dataset = pydicom.dcmread(BytesIO(dicom))
-    syntax = UID(str(dataset.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)))
-    if syntax == ExplicitVRLittleEndian:
-        return dicom
-    try:
-        if "PixelData" in dataset and dataset["PixelData"].is_undefined_length:
-            _decode_encapsulated(dataset, syntax)
-        elif not dataset.original_encoding[1]:  # big endian: pydicom leaves binary values as they are
-            _swap_binary_values(dataset)
-    except NeuroNovaError:
-        raise
-    except Exception as error:
-        raise CannotDecode(f"cannot decode this {syntax.name} instance: {type(error).__name__}: {error}") from None
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    out = BytesIO()
-    pydicom.dcmwrite(out, dataset, enforce_file_format=True)
-    return out.getvalue()
-
-
 # What a frame decoder needs from the instance (frame_to_little_endian)
 PIXEL_KEYWORDS = ("SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration", "Rows", "Columns",
                   "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation")
@@ -145,7 +116,7 @@ PIXEL_KEYWORDS = ("SamplesPerPixel", "PhotometricInterpretation", "PlanarConfigu
 
 def frame_to_little_endian(frame: bytes, pixel_module: pydicom.Dataset, syntax: str) -> bytes:
     """One encapsulated frame decoded to the bytes it has in the instance's Explicit VR Little Endian
-    copy (to_explicit_little_endian), by the very same code. ``pixel_module`` holds the instance's
+    copy (a decoded copy of the whole instance), by the very same code. ``pixel_module`` holds the instance's
     PIXEL_KEYWORDS. Raises CannotDecode."""
     syntax = UID(syntax)
     single = pydicom.Dataset()
@@ -216,11 +187,3 @@ def _to_container(pixels: np.ndarray, dtype: np.dtype, bits_stored: int) -> np.n
         values = np.where(values >= 1 << (bits_stored - 1), values - (1 << bits_stored), values)
         return values.astype(dtype)
     return pixels.astype(dtype, copy=False)
-
-
-def _swap_binary_values(dataset: pydicom.Dataset) -> None:
-    """Big endian to little endian: pydicom re-encodes numbers but not OW/OL/OF/OD/OV bytes."""
-    for element in dataset.iterall():
-        width = _SWAP_WIDTHS.get(element.VR)
-        if width and element.value:
-            element.value = np.frombuffer(element.value, f">u{width}").astype(f"<u{width}").tobytes()

@@ -2,11 +2,13 @@
 ``GET {DicomWeb.Root}studies/{study}/series/{series}/instances/{sop}/frames/{frame list}``
 (and ``.../frames`` for every frame).
 
-The DICOMweb plugin 1.7 cannot answer this for HTJ2K instances (500 for ``transfer-syntax=*``,
-400 for ``1.2.840.10008.1.2.4.201``), so web viewers could not show them. The Python plugin is
-loaded first, so a route it registers on this URI wins over the DICOMweb plugin's, for every
-instance (the request cannot be handed back to it); the rest of DICOMweb (metadata, instances,
-rendered, QIDO-RS, STOW-RS) is still the DICOMweb plugin's.
+What only the plugin can do: answer the frames of an instance the storage area keeps as HTJ2K with
+the stored codestreams, untouched, when the client accepts HTJ2K (``transfer-syntax=*``,
+``1.2.840.10008.1.2.4.201``, ``type="image/jphc"``, or ``*/*``): what web viewers stream. The Python
+plugin is loaded first, so its route on this URI wins over the DICOMweb plugin's for every instance
+(a plugin cannot hand a request back), and every other request is answered as the DICOMweb plugin
+1.7 answers it, from the received file that Orthanc's core reads. The rest of DICOMweb (metadata,
+instances, rendered, QIDO-RS, STOW-RS) is the DICOMweb plugin's.
 
 Answers, as the DICOMweb plugin 1.7 gives them (PS3.18 8.7.3.5 content negotiation):
 
@@ -60,12 +62,11 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from .config import DicomWebSettings
-from .errors import BadRequest, NeuroNovaError, NotFound
-from .http import Request, Response, allow
-from .pacs import Pacs
-from .rendering import HTJ2K_SYNTAXES
-from .uncompressed import DECODERS, PIXEL_KEYWORDS, CannotDecode, frame_to_little_endian
+from ..config import DicomWebSettings
+from ..errors import BadRequest, NeuroNovaError, NotFound
+from ..http import Request, Response, allow
+from ..pacs import Pacs
+from .frame_decoding import DECODERS, HTJ2K_SYNTAXES, PIXEL_KEYWORDS, CannotDecode, frame_to_little_endian
 
 OCTET_STREAM = "application/octet-stream"
 # Orthanc hands the frames of these over little endian (/frames/{n}/raw): nothing to decode
@@ -114,6 +115,12 @@ class MediaRange:
     media_type: str = OCTET_STREAM
     syntax: str = ""  # "" (none given), "*" or a transfer syntax UID
     quality: float = 1.0
+    anything: bool = False  # */*: the client takes whatever comes
+
+    def accepts_htj2k(self, syntax: str) -> bool:
+        if self.anything or self.syntax in ("*", syntax):
+            return self.media_type in (OCTET_STREAM, "image/jphc")
+        return self.media_type == "image/jphc" and not self.syntax
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,8 @@ class Choice:
     """How the frames are answered."""
 
     content_type: str  # of each part, transfer syntax included
-    decode: bool  # uncompressed little-endian pixels; False: the stored frames as they are
+    decode: bool  # uncompressed little-endian pixels; False: the received frames as they are
+    kept: bool = False  # the codestreams the storage area keeps, untouched
 
 
 def label(media_type: str, syntax: str) -> str:
@@ -160,7 +168,7 @@ def parse_accept(header: str | None) -> list[MediaRange]:
         if quality <= 0:
             continue
         if kind == "*/*":
-            ranges.append(MediaRange(quality=min(quality, 1.0)))
+            ranges.append(MediaRange(quality=min(quality, 1.0), anything=True))
         elif kind in ("multipart/related", "multipart/*"):
             ranges.append(MediaRange(parameters.get("type") or OCTET_STREAM, parameters.get("transfer-syntax", ""),
                                      min(quality, 1.0)))
@@ -229,9 +237,18 @@ def resolve(media_range: MediaRange, stored: str) -> Choice | None:
     return None
 
 
-def choices(ranges: list[MediaRange], stored: str) -> list[Choice]:
-    """Every answer the Accept header allows, best first; 406 if there is none."""
-    found = [choice for choice in (resolve(media_range, stored) for media_range in ranges) if choice is not None]
+def choices(ranges: list[MediaRange], stored: str, kept_as: str | None = None) -> list[Choice]:
+    """Every answer the Accept header allows, best first; 406 if there is none. ``kept_as``: the
+    syntax of the codestreams the storage area keeps (HTJ2K), answered untouched where accepted."""
+    found = []
+    for media_range in ranges:
+        if kept_as and media_range.accepts_htj2k(kept_as):
+            media_type = "image/jphc" if media_range.media_type == "image/jphc" else OCTET_STREAM
+            found.append(Choice(label(media_type, kept_as), False, kept=True))
+        else:
+            choice = resolve(media_range, stored)
+            if choice is not None:
+                found.append(choice)
     if not found:
         raise NotAcceptable(
             f"none of the accepted media types can be answered for this instance, stored as {stored}: "
@@ -318,14 +335,16 @@ class WadoFrameRoutes:
         numbers = parse_frame_list(request.groups[3] if len(request.groups) > 3 else None)
         instance_id = self.locate(study, series, sop)
         stored = self.pacs.transfer_syntax(instance_id)
-        candidates = choices(parse_accept(request.headers.get("accept")), stored)
+        kept = self.pacs.kept_codestreams(instance_id)
+        candidates = choices(parse_accept(request.headers.get("accept")), stored, kept[0] if kept else None)
         count = len(json.loads(self.pacs.core_get(f"/instances/{instance_id}/frames")))
         numbers = check_frames(numbers, count)
         location = public_base(self.settings, request.headers) + f"studies/{study}/series/{series}/instances/{sop}/"
         failure = None
         for choice in candidates:
             try:
-                bodies = self._frames(instance_id, stored, numbers, choice)
+                bodies = [kept[1][number - 1] for number in numbers] if choice.kept else \
+                    self._frames(instance_id, stored, numbers, choice)
             except CannotDecode as error:  # try the client's next choice
                 failure = failure or error
                 continue
