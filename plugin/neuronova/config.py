@@ -210,7 +210,7 @@ def load_settings(orthanc_config: dict) -> Settings:
     )
     background.done()
     transcoding.done()
-    storage_settings = StorageSettings(root=storage, when=when, sync=orthanc_config.get("SyncStorageArea", True) is not False,
+    storage_settings = StorageSettings(root=storage, when=when, sync=orthanc_config.get("SyncStorageArea", False) is True,
                                        pack=pack_settings)
 
     reconciliation = root.section("Reconciliation")

@@ -34,6 +34,7 @@ from .per_thread import PerThread
 from .reconcile import REJECTED, UNCHANGED, Identity, Reconciler
 from .storage.area import Written
 from .storage.arrival import decode_htj2k_arrival
+from .storage.layout import text, top_level_values
 
 log = logging.getLogger("neuronova.ingest")
 
@@ -45,8 +46,20 @@ CSTORE_ACCEPT = 0  # the incoming C-STORE filter's "store it"; other values are 
 KEEP, MODIFY, DISCARD = "keep", "modify", "discard"
 
 
+_SOP_UID, _STUDY_UID = 0x00080018, 0x0020000D
+_PATIENT_TAGS = {0x00100020: "patient_id", 0x00100021: "issuer", 0x00100010: "name", 0x00100030: "birth_date",
+                 0x00100040: "sex"}
+_WANTED = frozenset({_SOP_UID, _STUDY_UID, *_PATIENT_TAGS})
+
+
 def read_identity(dicom: bytes) -> tuple[str, Identity]:
-    """(SOP Instance UID, patient identity) from the header only: the pixels are not read."""
+    """(SOP Instance UID, patient identity) from the header only. This runs in Orthanc's serialized
+    received-instance callback: Explicit VR Little Endian ASCII headers are read by the storage
+    walker, stopping after StudyInstanceUID; anything else by pydicom."""
+    values = top_level_values(dicom, _WANTED, _STUDY_UID)
+    if values is not None and all(value.isascii() for value in values.values()):
+        fields = {name: text(values.get(tag, b"")) for tag, name in _PATIENT_TAGS.items()}
+        return text(values.get(_SOP_UID, b"")), Identity(study_uid=text(values.get(_STUDY_UID, b"")), **fields)
     dataset = dcmread(BytesIO(dicom), stop_before_pixels=True, specific_tags=_IDENTITY_TAGS)
     return str(dataset.get("SOPInstanceUID", "")), Identity(
         patient_id=str(dataset.get("PatientID", "") or ""),

@@ -21,6 +21,7 @@ class Metrics:
                            neuronova_received_bytes=0, neuronova_compressed_files=0,
                            neuronova_background_pending=0)
         self.storage_totals: Callable[[], dict] = dict  # the storage ledger's totals, once it exists
+        self._published: dict[str, float] = {}
 
     def count(self, outcome: str, action: str, bytes_saved: int, lookups: int, lookup_errors: int) -> None:
         """One instance's counts (what the storage area did, its history action, the EMR lookup totals),
@@ -41,4 +42,6 @@ class Metrics:
             self.values["neuronova_emr_lookups"] = lookups
             self.values["neuronova_emr_lookup_errors"] = lookup_errors
             for name, value in self.values.items():
-                self._publish(name, value)
+                if self._published.get(name) != value:  # the first instance publishes every counter
+                    self._publish(name, value)
+                    self._published[name] = value

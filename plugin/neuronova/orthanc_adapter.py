@@ -68,7 +68,8 @@ def start(sdk) -> None:
     pacs = OrthancPacs(sdk, orthanc_config, area)
     metrics = Metrics(lambda name, value: sdk.SetMetricsValue(name, value, sdk.MetricsType.DEFAULT))
     metrics.storage_totals = ledger.totals
-    ingest = Ingest(Reconciler(directory, settings.reconciliation, pacs.study_owner), history, metrics)
+    reconciler = Reconciler(directory, settings.reconciliation, pacs.study_owner)
+    ingest = Ingest(reconciler, history, metrics)
     uploads = UploadService(directory, ingest, pacs.store, settings.upload)
     api = Api(settings, directory, uploads, pacs, ingest, history, ledger, background)
     for uri, route in api.routes():
@@ -81,7 +82,7 @@ def start(sdk) -> None:
     sdk.RegisterIncomingCStoreInstanceFilter(
         lambda instance: ingest.cstore_filter(instance.GetInstanceData(), instance.GetInstanceRemoteAet()))
     sdk.RegisterOnStoredInstanceCallback(_on_stored(ingest, area))
-    sdk.RegisterOnChangeCallback(_on_change(sdk, background, history, ledger))
+    sdk.RegisterOnChangeCallback(_on_change(sdk, background, history, ledger, reconciler))
     background.start()
     log.info("started: directory %s, storage %s (compression %s, %s), reconciliation %s",
              settings.directory.backend, settings.storage.root, settings.storage.pack.target, settings.storage.when,
@@ -132,9 +133,12 @@ def _on_stored(ingest: Ingest, area: StorageArea):
     return on_stored
 
 
-def _on_change(sdk, background: BackgroundCompressor, history: IngestHistory, ledger: Ledger):
+def _on_change(sdk, background: BackgroundCompressor, history: IngestHistory, ledger: Ledger,
+               reconciler: Reconciler):
     def on_change(change_type, level, resource):
-        if change_type == sdk.ChangeType.ORTHANC_STOPPED:
+        if change_type == sdk.ChangeType.DELETED and level in (sdk.ResourceType.STUDY, sdk.ResourceType.PATIENT):
+            reconciler.study_owners.forget_all()  # Orthanc signals each deleted study (measured on 1.10)
+        elif change_type == sdk.ChangeType.ORTHANC_STOPPED:
             background.stop()
             history.close()
             ledger.close()

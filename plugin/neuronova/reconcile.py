@@ -61,6 +61,37 @@ class Decision:
 StudyOwnerLookup = Callable[[str], "dict[str, str] | None"]
 
 
+class StudyOwners:
+    """Whose each study is: asked of the PACS once (two REST calls), then remembered. Every decision
+    claims its study at once, under the reconciler's lock, so the next instance of a new study follows
+    it without asking; a study Orthanc deletes is forgotten (its change callback calls forget_all)."""
+
+    def __init__(self, lookup: StudyOwnerLookup):
+        self._lookup = lookup
+        self._owners: dict[str, dict[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, study_uid: str) -> dict[str, str] | None:
+        with self._lock:
+            owner = self._owners.get(study_uid)
+        if owner is not None:
+            return owner
+        owner = self._lookup(study_uid)
+        if owner is not None:
+            with self._lock:
+                self._owners.setdefault(study_uid, owner)
+        return owner
+
+    def claim(self, study_uid: str, tags: dict[str, str]) -> None:
+        if study_uid:
+            with self._lock:
+                self._owners.setdefault(study_uid, dict(tags))
+
+    def forget_all(self) -> None:
+        with self._lock:
+            self._owners.clear()
+
+
 @dataclass
 class _Arrival:
     expires: float
@@ -73,7 +104,8 @@ class Reconciler:
                  clock: Callable[[], float] = time.monotonic):
         self.directory = directory
         self.settings = settings
-        self._study_owner = study_owner
+        self.study_owners = StudyOwners(study_owner)
+        self._study_owner = self.study_owners
         self._clock = clock
         self._lock = threading.Lock()
         self._arrivals: dict[tuple[str, str, str], _Arrival] = {}
@@ -82,7 +114,14 @@ class Reconciler:
 
     def decide(self, identity: Identity) -> Decision:
         with self._lock:  # decisions about one study must not interleave
-            return self._decide(identity)
+            decision = self._decide(identity)
+            self._claim(identity, decision)
+            return decision
+
+    def _claim(self, identity: Identity, decision: Decision) -> None:
+        """The study is this decision's patient's from now on (StudyOwners remembers the first claim)."""
+        if decision.action != REJECTED:
+            self.study_owners.claim(identity.study_uid, decision.target or identity.tags())
 
     def decide_assigned(self, identity: Identity) -> Decision:
         """A person chose this instance's patient: accepted, unless its study is stored under another
@@ -93,7 +132,9 @@ class Reconciler:
                 return Decision(REJECTED, None, (
                     f"study {identity.study_uid} is already stored under patient {owner['PatientID']}: "
                     "assign the whole study to one patient (delete the stored study first to move it)"))
-            return Decision(ASSIGNED, None)
+            decision = Decision(ASSIGNED, None)
+            self._claim(identity, decision)
+            return decision
 
     def _decide(self, identity: Identity) -> Decision:
         arrival = self._arrival(identity)
@@ -108,8 +149,7 @@ class Reconciler:
         else:
             decision = Decision(UNMATCHED, None, f"patient {identity.patient_id!r} is not known to the EMR directory")
 
-        # The PACS is the truth: a study deleted there has no owner any more. (Two instances of one new
-        # study arriving at the same instant on two associations under two patients are not caught.)
+        # The PACS is the truth: a study deleted there has no owner any more (StudyOwners forgets it).
         owner = self._study_owner(identity.study_uid)
         if owner is None or owner["PatientID"] == decision.patient_after(identity):
             return decision

@@ -43,9 +43,8 @@ class SqliteWriter:
                 batch.append(self._queue.get_nowait())
             try:
                 with db:
-                    for item in batch:
-                        if item is not None:
-                            db.execute(*item)
+                    for sql, rows in _runs(item for item in batch if item is not None):
+                        db.executemany(sql, rows)
             except sqlite3.Error:
                 log.exception("Could not write %d rows to %s", len(batch), self.path)
             finally:
@@ -61,3 +60,16 @@ class SqliteWriter:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
+
+
+def _runs(items):
+    """Consecutive statements with the same SQL, grouped for executemany (order kept)."""
+    sql, rows = None, []
+    for statement, params in items:
+        if statement != sql and rows:
+            yield sql, rows
+            rows = []
+        sql = statement
+        rows.append(params)
+    if rows:
+        yield sql, rows

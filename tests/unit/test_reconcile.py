@@ -95,7 +95,10 @@ def test_emr_down_gives_unverified_retried_after_a_short_while(directory):
     assert directory.calls == 1 and recon.lookup_errors == 1
     directory.down = False
     clock.now += 6
-    assert recon.decide(identity("CT1-42", issuer="SCANNER")).action == "coerced"
+    assert recon.decide(identity("CT1-42", study="S2", issuer="SCANNER")).action == "coerced"
+    # S1 is stored under CT1-42 by now (claimed by its first instance): it is followed, not split
+    later = recon.decide(identity("CT1-42", issuer="SCANNER"))
+    assert later.action == "conflict" and later.target["PatientID"] == "CT1-42"
 
 
 def test_emr_down_mid_series_follows_the_studys_patient(directory):

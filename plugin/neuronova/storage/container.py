@@ -228,7 +228,12 @@ def _verify(container: bytes, received: bytes) -> None:
     position = 0
     for chunk in restore_chunks(container):
         end = position + len(chunk)
-        if received[position:end] != chunk:
+        if len(chunk) > 65536:  # a frame: numpy compares without holding the GIL, and without a copy
+            same = np.array_equal(np.frombuffer(received, np.uint8, len(chunk), position),
+                                  np.frombuffer(chunk, np.uint8))
+        else:  # bytes to bytes is a memcmp (a memoryview compares element by element)
+            same = received[position:end] == bytes(chunk)
+        if not same:
             raise ContainerError(f"verification mismatch at byte {position}")
         position = end
     if position != len(received):
@@ -304,14 +309,12 @@ def _normalized(array: np.ndarray, bits_stored: int, bits_allocated: int) -> np.
 def _encode_frame(backend: ModuleType, image: Image, layout: _PixelLayout, index: int) -> tuple[bytes, bytes | None]:
     """(codestream, residual or None): what the recipe needs to give this frame's bytes back."""
     raw = image.pixels[index * image.frame_bytes:(index + 1) * image.frame_bytes]
-    frame = _normalized(layout.to_array(raw), image.bits_stored, image.bits_allocated)
+    received = layout.to_array(raw)
+    frame = _normalized(received, image.bits_stored, image.bits_allocated)
     codestream = backend.encode(frame, image.bits_stored, image.photometric == "RGB")
-    residual = None
-    if image.bits_stored < image.bits_allocated:
-        difference = np.bitwise_xor(np.frombuffer(raw, np.uint8),
-                                    np.frombuffer(layout.to_bytes(frame), np.uint8))
-        if difference.any():
-            residual = difference.tobytes()
+    residual = None  # the bits above Bits Stored, when there are any: rare, but lossless means all bits
+    if frame is not received and not np.array_equal(frame, received):
+        residual = np.bitwise_xor(np.frombuffer(raw, np.uint8), np.frombuffer(layout.to_bytes(frame), np.uint8)).tobytes()
     return codestream, residual
 
 

@@ -141,6 +141,34 @@ def read_image(data: bytes, meta: Meta) -> Image:
     return _read_with_pydicom(data)
 
 
+def top_level_values(data: bytes, tags: frozenset[int], last: int) -> dict[int, bytes] | None:
+    """The raw values of these top-level elements of an Explicit VR Little Endian file, walking no
+    further than tag `last`; None when the walker cannot read the file (then pydicom does)."""
+    try:
+        meta = read_meta(data)
+    except LayoutError:
+        return None
+    if meta.syntax != ExplicitVRLittleEndian:
+        return None
+    found, pos = {}, meta.end
+    try:
+        while pos < len(data):
+            tag, vr, start, length = element(data, pos)
+            if tag > last:
+                break
+            if length == UNDEFINED:
+                pos = _skip_undefined(data, vr, start)
+                continue
+            if start + length > len(data):
+                return None
+            if tag in tags:
+                found[tag] = data[start:start + length]
+            pos = start + length
+    except (SlowPath, struct.error):
+        return None
+    return found
+
+
 def _skip_sequence(data: bytes, pos: int) -> int:
     """Offset just past an undefined-length sequence whose first item starts at pos."""
     while True:

@@ -30,20 +30,34 @@ class Ledger:
         self._writer = SqliteWriter(database_path, _SCHEMA, "neuronova-ledger")
         self._lock = threading.Lock()
         self._files: dict[str, tuple[int, int, str]] = {}
+        self._received = self._stored = 0
+        self._counts = dict.fromkeys(STATES, 0)
         with self._writer.connect() as db:
             for uuid, received, stored, state in db.execute("SELECT uuid, received, stored, state FROM files"):
-                self._files[uuid] = (received, stored, state)
+                self._add(uuid, (received, stored, state))
+
+    def _add(self, uuid: str, entry: tuple[int, int, str] | None) -> None:
+        """Replace (or with None remove) one file's entry, keeping the totals; under self._lock."""
+        old = self._files.pop(uuid, None) if entry is None else self._files.get(uuid)
+        if old is not None:
+            self._received, self._stored = self._received - old[0], self._stored - old[1]
+            self._counts[old[2]] -= 1
+        if entry is not None:
+            self._files[uuid] = entry
+            self._received, self._stored = self._received + entry[0], self._stored + entry[1]
+            self._counts[entry[2]] += 1
 
     def record(self, uuid: str, received: int, stored: int, syntax: str, state: str) -> None:
         with self._lock:
-            self._files[uuid] = (received, stored, state)
+            self._add(uuid, (received, stored, state))
         self._writer.submit("INSERT OR REPLACE INTO files (uuid, received, stored, syntax, state) "
                             "VALUES (?, ?, ?, ?, ?)", (uuid, received, stored, syntax, state))
 
     def forget(self, uuid: str) -> None:
         with self._lock:
-            known = self._files.pop(uuid, None)
-        if known is not None:
+            known = uuid in self._files
+            self._add(uuid, None)
+        if known:
             self._writer.submit("DELETE FROM files WHERE uuid = ?", (uuid,))
 
     def state(self, uuid: str) -> str | None:
@@ -57,11 +71,8 @@ class Ledger:
 
     def totals(self) -> dict:
         with self._lock:
-            values = list(self._files.values())
-        received = sum(value[0] for value in values)
-        stored = sum(value[1] for value in values)
-        counts = {state: sum(1 for value in values if value[2] == state) for state in STATES}
-        return {"files": len(values), "compressed_files": counts["packed"], "plain_files": counts["plain"],
+            received, stored, counts, files = self._received, self._stored, dict(self._counts), len(self._files)
+        return {"files": files, "compressed_files": counts["packed"], "plain_files": counts["plain"],
                 "pending": counts["pending"], "received_bytes": received, "stored_bytes": stored,
                 "saved_bytes": received - stored,
                 "saving_percent": round(100.0 * (received - stored) / received, 1) if received else 0.0}
