@@ -7,8 +7,10 @@
 #     (24.12.0) and GDCM 1.8 (24.8.1);
 #   - orthanc-python >= 4.2 (in these images since 24.5.1) fixed orthanc.RestOutput.SendHttpStatus(),
 #     which the plugin calls as SendHttpStatus(code, bytes); orthanc-python 4.0 was the first release
-#     with orthanc.RegisterReceivedInstanceCallback(), the hook the plugin uses to rewrite and transcode
-#     instances before they are stored;
+#     with orthanc.RegisterReceivedInstanceCallback(), the hook that rewrites the patient identity
+#     before Orthanc stores an instance; the plugin is Orthanc's storage area
+#     (orthanc.RegisterStorageArea), where it compresses; orthanc-python >= 4.3 has "AllowThreads"
+#     (docker/orthanc.json sets it), so SDK calls release the GIL;
 #   - 25.2.0 is built on debian:bookworm-20250224-slim, so the Python plugin embeds Debian bookworm's
 #     Python 3.11: the interpreter this project develops and tests against (see Makefile), and one that
 #     numpy 2.4 and imagecodecs 2026.x (Requires-Python >= 3.11) install on from wheels. Tags before
@@ -41,8 +43,11 @@ ENV PYTHONPATH=/opt/neuronova/plugin
 # PythonScript under /opt/neuronova/plugin, the NeuroNova section).
 COPY docker/orthanc.json /etc/orthanc/orthanc.json
 
+# GDCM off: GDCM 1.8 kills Orthanc 1.12 on /instances/{id}/file?transcode=, which DICOMweb >= 1.18 calls
+# (measured with Debian 13's same versions; scripts/runtime_config.py leaves it out there too). The
+# plugin's storage area hands Orthanc the received files, so no transcoding is needed to serve them.
 ENV PYTHON_PLUGIN_ENABLED=true \
     DICOM_WEB_PLUGIN_ENABLED=true \
-    GDCM_PLUGIN_ENABLED=true
+    GDCM_PLUGIN_ENABLED=false
 
 EXPOSE 8042 4242

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,9 +23,27 @@ def _merge(base: dict, overrides: dict) -> dict:
     return merged
 
 
+def _debian_version(package: str) -> str:
+    try:
+        return subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _without_crashing_plugins(plugins: list[str]) -> list[str]:
+    """Debian 13's orthanc-gdcm 1.8 kills Orthanc 1.12.7 on /instances/{id}/file?transcode=, which its
+    DICOMweb 1.20 calls (measured): that GDCM plugin is left out; Debian 12's 1.5 stays."""
+    if _debian_version("orthanc-gdcm").startswith("1.8"):
+        return [plugin for plugin in plugins if "Gdcm" not in os.path.basename(plugin)]
+    return plugins
+
+
 def build_config(base: dict, http_port: int, dicom_port: int, data_dir: str, overrides: dict | None = None) -> dict:
     """The runtime configuration: base + ports + storage under data_dir + absolute plugin paths."""
     config = _merge(base, overrides or {})
+    if isinstance(config.get("Plugins"), list):
+        config["Plugins"] = _without_crashing_plugins(config["Plugins"])
     data_dir = os.path.abspath(data_dir)
     config.update(HttpPort=http_port, DicomPort=dicom_port,
                   StorageDirectory=os.path.join(data_dir, "storage"), IndexDirectory=os.path.join(data_dir, "storage"))

@@ -53,6 +53,13 @@ class DirectoryUnavailable(NeuroNovaError):
     dimse_status = 0xA700
 
 
+class NotReady(NeuroNovaError):
+    """The plugin cannot decide yet (Orthanc is starting): the client should retry."""
+
+    http_status = 503
+    dimse_status = 0xA700
+
+
 class StoreRejected(NeuroNovaError):
     """Orthanc refused to store an instance that we had accepted."""
 

@@ -11,8 +11,9 @@ rewrites the identity on every path, the filter only refuses what reconciliation
 stored-instance callback writes the history row with what the storage area wrote. A thread-local
 carries each instance's decision from one callback to the next.
 
-What Orthanc itself makes at a user's request (modify, anonymize, merge, split: stored from its job
-threads, or from an HTTP request other than an ingest) is stored as asked: never reconciled.
+What Orthanc itself makes at a user's request (modify, anonymize, merge, split: stored by its job
+threads) is stored as asked: never reconciled. None of these callbacks calls Orthanc: study owners
+are the plugin's own (reconcile.StudyOwners).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .errors import PatientRejected
 from .history import HistoryEntry, IngestHistory
 from .metrics import Metrics
 from .per_thread import PerThread
-from .reconcile import REJECTED, UNCHANGED, Identity, Reconciler
+from .reconcile import REJECTED, UNCHANGED, Decision, Identity, OwnersNotLoaded, Reconciler
 from .storage.area import Written
 from .storage.arrival import decode_htj2k_arrival
 from .storage.layout import text, top_level_values
@@ -42,6 +43,7 @@ _IDENTITY_TAGS = ["SOPInstanceUID", "StudyInstanceUID", "PatientID", "IssuerOfPa
                   "PatientBirthDate", "PatientSex"]
 
 CSTORE_ACCEPT = 0  # the incoming C-STORE filter's "store it"; other values are the DIMSE status
+CSTORE_OUT_OF_RESOURCES = 0xA700  # PS3.4 "Refused: Out of Resources": the modality retries
 
 KEEP, MODIFY, DISCARD = "keep", "modify", "discard"
 
@@ -85,6 +87,7 @@ class UploadOutcome:
     assigned: bool
     patient_id: str | None = None  # the stored Patient ID, once processed
     rejection: str | None = None  # why reconciliation refused it
+    retry: bool = False  # refused for now: 503, the client retries
 
 
 @dataclass
@@ -96,6 +99,7 @@ class _Pending:
     rejection: str | None = None
     started: float = 0.0
     target: dict[str, str] | None = None  # the reconciled patient tags to write, when they change
+    retry: bool = False  # refused for now (Orthanc is starting): the sender gets a status it retries
     by_filter: bool = False  # decided in the C-STORE filter (Orthanc calling it before the callback)
 
     def matches(self, dicom: bytes) -> bool:
@@ -161,10 +165,16 @@ class Ingest:
         if upload is not None:  # the upload route's own store (its token bypasses the HTTP filter)
             path, assigned, reconcile = "upload", upload.assigned, True
         action, reason, patient_after, decision, target = UNCHANGED, "", identity.patient_id, None, None
-        if assigned:
-            decision = self.reconciler.decide_assigned(identity)
-        elif reconcile and self.reconciler.settings.enabled:
-            decision = self.reconciler.decide(identity)
+        retry = False
+        try:
+            if assigned:
+                decision = self.reconciler.decide_assigned(identity)
+            elif reconcile and self.reconciler.settings.enabled:
+                decision = self.reconciler.decide(identity)
+            else:  # stored as it came: its study is still its patient's from now on
+                self.reconciler.study_owners.claim(identity.study_uid, identity.tags())
+        except OwnersNotLoaded as error:  # refused with a status the sender retries: never stored blind
+            decision, retry = Decision(REJECTED, None, f"{error}: retry"), True
         if decision is not None:
             action, reason, patient_after = decision.action, decision.reason, decision.patient_after(identity)
             if decision.action != REJECTED and decision.target and decision.target != identity.tags():
@@ -178,7 +188,8 @@ class Ingest:
             error=reason if action in (REJECTED, "unverified") else "")
         if upload is not None:
             upload.patient_id, upload.rejection = entry.patient_after or None, reason if rejected else None
-        return _Pending(sop, entry, reason if rejected else None, started, target)
+            upload.retry = retry
+        return _Pending(sop, entry, reason if rejected else None, started, target, retry=retry)
 
     def cstore_filter(self, dicom: bytes, calling_aet: str) -> int:
         """The DIMSE answer for one C-STORE instance: 0, or the refusal status. Orthanc 1.10 calls the
@@ -199,7 +210,7 @@ class Ingest:
         log.warning("C-STORE from %s rejected: %s", calling_aet, pending.rejection)
         self._pending.pop()
         self._finish(pending, None)
-        return self.reconciler.settings.reject_status
+        return CSTORE_OUT_OF_RESOURCES if pending.retry else self.reconciler.settings.reject_status
 
     def stored(self, written: Written | None, remote_aet: str = "") -> None:
         """The stored-instance callback: the history row, with what the storage area wrote."""

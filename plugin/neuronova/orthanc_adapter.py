@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from urllib.parse import unquote_plus
 
 import requests
@@ -14,12 +15,11 @@ from .api import Api
 from .http import Request, Response, answer
 from .config import Settings, load_settings
 from .directory import EmbeddedRegistry, PatientDirectory
-from .errors import BadRequest, CoreCannotAnswer, NotFound, StoreRejected
+from .errors import BadRequest, CoreCannotAnswer, NeuroNovaError, NotFound, StoreRejected
 from .history import IngestHistory
 from .ingest import DISCARD, MODIFY, Ingest
 from .metrics import Metrics
-from .per_thread import PerThread
-from .reconcile import Reconciler
+from .reconcile import Reconciler, StudyOwners
 from .storage import container
 from .storage.area import StorageArea, StorageError
 from .storage.background import BackgroundCompressor
@@ -65,10 +65,12 @@ def start(sdk) -> None:
     background = BackgroundCompressor(area, ledger, settings.background, history.set_stored)
     if settings.storage.when == "background":
         area.enqueue = background.enqueue
-    pacs = OrthancPacs(sdk, orthanc_config, area)
+    pacs = OrthancPacs(sdk, orthanc_config, area, in_process=_sdk_releases_the_gil(sdk, orthanc_config))
     metrics = Metrics(lambda name, value: sdk.SetMetricsValue(name, value, sdk.MetricsType.DEFAULT))
     metrics.storage_totals = ledger.totals
-    reconciler = Reconciler(directory, settings.reconciliation, pacs.study_owner)
+    owners = StudyOwners()
+    threading.Thread(target=_load_study_owners, args=(pacs, owners), name="neuronova-owners", daemon=True).start()
+    reconciler = Reconciler(directory, settings.reconciliation, owners)
     ingest = Ingest(reconciler, history, metrics)
     uploads = UploadService(directory, ingest, pacs.store, settings.upload)
     api = Api(settings, directory, uploads, pacs, ingest, history, ledger, background)
@@ -77,8 +79,7 @@ def start(sdk) -> None:
     sdk.ExtendOrthancExplorer(explorer_extension_js())  # the "Upload DICOM" button
     sdk.SetRootUri("../neuronova/app/index.html")  # Explorer's Plugins page links to the dashboard
     _register_storage_area(sdk, area)
-    requests_seen = _register_http_request_filter(sdk)
-    sdk.RegisterReceivedInstanceCallback(_received_instance_callback(sdk, ingest, requests_seen))
+    sdk.RegisterReceivedInstanceCallback(_received_instance_callback(sdk, ingest))
     sdk.RegisterIncomingCStoreInstanceFilter(
         lambda instance: ingest.cstore_filter(instance.GetInstanceData(), instance.GetInstanceRemoteAet()))
     sdk.RegisterOnStoredInstanceCallback(_on_stored(ingest, area))
@@ -87,6 +88,33 @@ def start(sdk) -> None:
     log.info("started: directory %s, storage %s (compression %s, %s), reconciliation %s",
              settings.directory.backend, settings.storage.root, settings.storage.pack.target, settings.storage.when,
              "on" if settings.reconciliation.enabled else "off")
+
+
+def _load_study_owners(pacs: OrthancPacs, owners: StudyOwners) -> None:
+    """Read the stored studies' patients as soon as the plugin may call the database (not while it
+    initializes), in-process: decisions wait for it, and HTTP requests wait while one runs."""
+    while True:
+        try:
+            studies = pacs.stored_studies()
+        except pacs.sdk.OrthancException as error:
+            log.debug("stored studies not readable yet: %s", error)
+            time.sleep(0.05)
+            continue
+        owners.load(studies)
+        log.info("patients of %d stored studies loaded", len(studies))
+        return
+
+
+def _sdk_releases_the_gil(sdk, orthanc_config: dict) -> bool:
+    """orthanc-python 4.3 and later with "Python": {"AllowThreads": true} (Debian 13's 5.0; not 12's 4.0)."""
+    python = orthanc_config.get("Python")
+    if not (isinstance(python, dict) and python.get("AllowThreads") is True):
+        return False
+    try:
+        version = json.loads(sdk.RestApiGet("/plugins/python")).get("Version", "0")
+        return tuple(int(part) for part in version.split(".")[:2]) >= (4, 3)
+    except (ValueError, sdk.OrthancException):
+        return False
 
 
 def _register_storage_area(sdk, area: StorageArea) -> None:
@@ -103,20 +131,6 @@ def _register_storage_area(sdk, area: StorageArea) -> None:
         area.remove(uuid)
 
     sdk.RegisterStorageArea(create, read, remove)
-
-
-def _register_http_request_filter(sdk) -> PerThread:
-    """Marks each HTTP thread with the request it serves (it lets every request through): the
-    received-instance callback tells an ingest (POST /instances, STOW-RS, uploads) from what Orthanc
-    makes at a user's request, which its job threads store, unmarked."""
-    seen: PerThread[tuple] = PerThread()
-
-    def request_filter(uri, **request):
-        seen.set((request.get("method"), uri))
-        return True
-
-    sdk.RegisterIncomingHttpRequestFilter(request_filter)
-    return seen
 
 
 def _on_stored(ingest: Ingest, area: StorageArea):
@@ -136,8 +150,8 @@ def _on_stored(ingest: Ingest, area: StorageArea):
 def _on_change(sdk, background: BackgroundCompressor, history: IngestHistory, ledger: Ledger,
                reconciler: Reconciler):
     def on_change(change_type, level, resource):
-        if change_type == sdk.ChangeType.DELETED and level in (sdk.ResourceType.STUDY, sdk.ResourceType.PATIENT):
-            reconciler.study_owners.forget_all()  # Orthanc signals each deleted study (measured on 1.10)
+        if change_type == sdk.ChangeType.DELETED and level == sdk.ResourceType.STUDY:
+            reconciler.study_owners.release(resource)  # Orthanc signals each deleted study (measured on 1.10)
         elif change_type == sdk.ChangeType.ORTHANC_STOPPED:
             background.stop()
             history.close()
@@ -153,33 +167,34 @@ def _build_directory(settings: Settings) -> PatientDirectory:
 
 
 class OrthancPacs:
-    """The Pacs protocol over Orthanc's own REST API, called in-process."""
+    """The Pacs protocol over Orthanc's own REST API.
 
-    def __init__(self, sdk, orthanc_config: dict, area: StorageArea):
+    In-process SDK calls only where orthanc-python releases the GIL during them ("Python":
+    {"AllowThreads": true}, orthanc-python 4.3 and later). orthanc-python 4.0 keeps the GIL during
+    every SDK call, and Orthanc calls the storage area (Python) while holding its own locks (it
+    removes files inside the index transaction), so a Python thread waiting in the SDK for such a
+    lock while holding the GIL deadlocks Orthanc. Otherwise calls go to Orthanc's HTTP server on
+    loopback, where the wait releases the GIL, with a token Orthanc generated (valid when
+    authentication is on). Stores always go by loopback: a store waits for the plugin lock that a
+    C-STORE thread may hold while it waits for the GIL (a deadlock, measured on 4.0)."""
+
+    def __init__(self, sdk, orthanc_config: dict, area: StorageArea, in_process: bool):
         self.sdk = sdk
         self.area = area
+        self.in_process = in_process
         scheme = "https" if orthanc_config.get("SslEnabled") else "http"
-        self._instances_url = f"{scheme}://127.0.0.1:{orthanc_config.get('HttpPort', 8042)}/instances"
+        self._base_url = f"{scheme}://127.0.0.1:{orthanc_config.get('HttpPort', 8042)}"
         self._token = sdk.GenerateRestApiAuthorizationToken()
         self._local = threading.local()
 
     def store(self, dicom: bytes) -> dict:
-        """POST /instances through Orthanc's own HTTP server on loopback. Not RestApiPost: orthanc-python
-        4.0 keeps the GIL during SDK calls, and a store waits for the plugin lock that a C-STORE or
-        STOW-RS thread may hold while it waits for the GIL (a deadlock, measured). A socket wait
-        releases the GIL. The token Orthanc generated grants access when authentication is on."""
         try:
-            answer = self._session().post(self._instances_url, data=dicom, timeout=600,
+            answer = self._session().post(self._base_url + "/instances", data=dicom, timeout=600,
                                           headers={"Content-Type": "application/dicom"})
         except requests.RequestException as error:
             raise StoreRejected(f"Orthanc's REST API did not answer on loopback: {error}") from None
         if answer.status_code != 200:
-            detail = answer.text[:300]
-            try:
-                detail = answer.json().get("Details") or answer.json().get("Message") or detail
-            except ValueError:
-                pass
-            raise StoreRejected(f"Orthanc refused to store the file (HTTP {answer.status_code}): {detail}")
+            raise StoreRejected(f"Orthanc refused to store the file (HTTP {answer.status_code}): {_detail(answer)}")
         return answer.json()
 
     def _session(self) -> requests.Session:
@@ -191,47 +206,75 @@ class OrthancPacs:
         return session
 
     def transfer_syntax(self, instance_id: str) -> str:
-        try:
-            header = json.loads(self.sdk.RestApiGet(f"/instances/{instance_id}/header"))
-        except self.sdk.OrthancException:
-            raise NotFound(f"unknown instance {instance_id!r}") from None
+        header = json.loads(self.core_get(f"/instances/{instance_id}/header"))
         return header.get("0002,0010", {}).get("Value", "").strip("\0 ")
-
-    def instance_file(self, instance_id: str) -> bytes:
-        return self.sdk.RestApiGet(f"/instances/{instance_id}/file")
 
     def kept_codestreams(self, instance_id: str):
         """(syntax, codestream per frame) when the storage area keeps this instance as HTJ2K, else None."""
         try:
-            info = json.loads(self.sdk.RestApiGet(f"/instances/{instance_id}/attachments/dicom/info"))
+            info = json.loads(self.core_get(f"/instances/{instance_id}/attachments/dicom/info"))
             with open(self.area.path(info["Uuid"]), "rb") as stored_file:
                 stored = stored_file.read()
-        except (self.sdk.OrthancException, OSError, KeyError, ValueError, StorageError):
+        except (NotFound, CoreCannotAnswer, OSError, KeyError, ValueError, StorageError):
             return None
         if not container.is_container(stored):
             return None
         syntax, codestreams = container.frame_codestreams(stored)
         return (syntax, codestreams) if syntax in HTJ2K_CONTAINERS else None
 
-    def study_owner(self, study_instance_uid: str) -> dict[str, str] | None:
-        matches = json.loads(self.sdk.RestApiPost("/tools/lookup", study_instance_uid))
-        study = next((match for match in matches if match.get("Type") == "Study"), None)
-        if study is None:
-            return None
-        tags = json.loads(self.sdk.RestApiGet(f"/studies/{study['ID']}")).get("PatientMainDicomTags", {})
-        return {key: tags.get(key, "") for key in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")}
+    def stored_studies(self) -> dict[str, dict[str, str]]:
+        """{StudyInstanceUID: patient tags} of every stored study, a page at a time (in-process: this
+        runs as Orthanc starts, before any removal could wait for the GIL). Raises OrthancException
+        while the plugin initializes."""
+        studies, since, page = {}, 0, 1000
+        while True:
+            batch = json.loads(self.sdk.RestApiGet(f"/studies?expand&since={since}&limit={page}"))
+            for study in batch:
+                tags = study.get("PatientMainDicomTags", {})
+                studies.setdefault(study.get("MainDicomTags", {}).get("StudyInstanceUID", ""), {
+                    key: tags.get(key, "") for key in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")})
+            if len(batch) < page:
+                return studies
+            since += page
 
     def core_get(self, uri: str) -> bytes:
-        try:
-            return self.sdk.RestApiGet(uri)  # the built-in API only; "AfterPlugins" would call us again
-        except self.sdk.OrthancException as error:
-            raise _core_error(error, f"GET {uri}") from None
+        """Orthanc's built-in answer (never "AfterPlugins", which would call the plugin's routes again)."""
+        if self.in_process:
+            try:
+                return self.sdk.RestApiGet(uri)
+            except self.sdk.OrthancException as error:
+                raise _core_error(error, f"GET {uri}") from None
+        return self._loopback("GET", uri)
 
     def core_post(self, uri: str, body: bytes) -> bytes:
+        if self.in_process:
+            try:
+                return self.sdk.RestApiPost(uri, body)
+            except self.sdk.OrthancException as error:
+                raise _core_error(error, f"POST {uri}") from None
+        return self._loopback("POST", uri, body)
+
+    def _loopback(self, method: str, uri: str, body: bytes | None = None) -> bytes:
         try:
-            return self.sdk.RestApiPost(uri, body)  # the built-in API only, as core_get
-        except self.sdk.OrthancException as error:
-            raise _core_error(error, f"POST {uri}") from None
+            answer = self._session().request(method, self._base_url + uri, data=body, timeout=120,
+                                             headers={"Accept-Encoding": "identity"})
+        except requests.RequestException as error:
+            raise CoreCannotAnswer(f"Orthanc's REST API did not answer {method} {uri} on loopback: {error}") from None
+        if answer.status_code == 404:
+            raise NotFound(f"Orthanc answers 404 to {method} {uri}")
+        if answer.status_code == 400:
+            raise BadRequest(f"Orthanc answers 400 to {method} {uri}: {_detail(answer)}")
+        if answer.status_code != 200:
+            raise CoreCannotAnswer(f"Orthanc cannot answer {method} {uri}: HTTP {answer.status_code} {_detail(answer)}")
+        return answer.content
+
+
+def _detail(answer: requests.Response) -> str:
+    """Orthanc's own explanation in an error answer."""
+    try:
+        return answer.json().get("Details") or answer.json().get("Message") or answer.text[:300]
+    except ValueError:
+        return answer.text[:300]
 
 
 def _core_error(error: Exception, request: str) -> Exception:
@@ -277,25 +320,31 @@ def _send(sdk, output, response: Response) -> None:
         output.SendHttpStatus(response.status, text, len(response.body))
 
 
-def _received_instance_callback(sdk, ingest: Ingest, requests_seen: PerThread):
+def _received_instance_callback(sdk, ingest: Ingest):
     actions = sdk.ReceivedInstanceAction
     origins = sdk.InstanceOrigin
     paths = {origins.DICOM_PROTOCOL: "dicom", origins.REST_API: "rest", origins.PLUGIN: "plugin",
              origins.LUA: "lua", origins.WEB_DAV: "webdav"}
-
-    def reconciles(origin) -> bool:
-        if origin == origins.DICOM_PROTOCOL:
-            return True
-        request = requests_seen.get()
-        if request is None:  # a job thread: modify, anonymize, merge, split (or another plugin's thread)
-            return False
-        if origin == origins.REST_API:  # POST /instances; not /tools/create-dicom and the like
-            return request[1].rstrip("/") == "/instances"
-        return True  # STOW-RS and other plugins' uploads, WebDAV, on an HTTP thread
+    made_by_orthanc = (origins.REST_API, origins.PLUGIN)
 
     def callback(received: bytes, origin):
-        action, data = ingest.received(received, paths.get(origin, "unknown"), reconciles(origin))
+        reconcile = not (origin in made_by_orthanc and _on_a_job_thread())
+        action, data = ingest.received(received, paths.get(origin, "unknown"), reconcile)
         if action == MODIFY:
             return actions.MODIFY, data
         return (actions.DISCARD if action == DISCARD else actions.KEEP_AS_IS), None
     return callback
+
+
+def _on_a_job_thread() -> bool:
+    """Orthanc stores what its jobs make (modify, anonymize, merge, split: what a user asked for) from
+    its job threads, named "Orthanc" in 1.10 and "JOBS-..." from 1.12; REST and STOW-RS uploads come on
+    HTTP threads (civetweb's "civetweb-worker"). An incoming HTTP request filter cannot tell: Orthanc
+    runs it under the lock of the received-instance callback, which would serialize every HTTP
+    request with ingest (measured)."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", encoding="ascii", errors="replace") as comm:
+            name = comm.read().strip()
+    except OSError:
+        return False
+    return name == "Orthanc" or name.upper().startswith("JOBS")

@@ -13,8 +13,8 @@ class Pacs(Protocol):
     def transfer_syntax(self, instance_id: str) -> str:
         """The stored file's transfer syntax UID. Raises NotFound for an unknown instance."""
 
-    def instance_file(self, instance_id: str) -> bytes:
-        """The stored DICOM file."""
+    def kept_codestreams(self, instance_id: str) -> tuple[str, list] | None:
+        """(syntax, one codestream per frame) when the storage area keeps the instance as HTJ2K."""
 
     def core_get(self, uri: str) -> bytes:
         """Orthanc's own answer to GET uri (query string allowed), bypassing the plugin's routes."""

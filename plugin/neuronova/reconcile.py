@@ -7,6 +7,7 @@ ever split across patients: a study already stored under one patient keeps it.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import dataclass
@@ -57,39 +58,78 @@ class Decision:
         return self.target["PatientID"] if self.target else identity.patient_id
 
 
-#: The patient tags of the study already stored in the PACS under this StudyInstanceUID, or None.
-StudyOwnerLookup = Callable[[str], "dict[str, str] | None"]
+
+
+def orthanc_study_id(patient_id: str, study_uid: str) -> str:
+    """Orthanc's identifier of a study: the SHA-1 of "PatientID|StudyInstanceUID", in groups of 8."""
+    digest = hashlib.sha1(f"{patient_id}|{study_uid}".encode("utf-8", "replace")).hexdigest()
+    return "-".join(digest[start:start + 8] for start in range(0, 40, 8))
+
+
+class OwnersNotLoaded(Exception):
+    """Orthanc's stored studies are not read yet (the first moments after start): no decision."""
 
 
 class StudyOwners:
-    """Whose each study is: asked of the PACS once (two REST calls), then remembered. Every decision
-    claims its study at once, under the reconciler's lock, so the next instance of a new study follows
-    it without asking; a study Orthanc deletes is forgotten (its change callback calls forget_all)."""
+    """Whose each study is, kept by the plugin so that deciding never asks Orthanc: the received-
+    instance callback holds Orthanc's plugin lock, and HTTP requests wait while it runs (measured),
+    so a callback that waits for a REST answer deadlocks; and on orthanc-python 4.0 an in-process
+    call holds the GIL that a storage-area removal under Orthanc's index lock waits for. Loaded from
+    Orthanc's stored studies once Orthanc answers (load), claimed by each decision at once (the
+    first claim of a study wins, under the reconciler's lock), released when Orthanc deletes the
+    study (its change callback calls release). Until loaded, asking waits (LOAD_WAIT_SECONDS at most:
+    the loader reads in-process, not through the HTTP server), then raises OwnersNotLoaded: the
+    instance is refused with a status its sender retries, never stored blind."""
 
-    def __init__(self, lookup: StudyOwnerLookup):
-        self._lookup = lookup
+    LOAD_WAIT_SECONDS = 30.0
+
+    def __init__(self, studies: dict[str, dict[str, str]] | None = None):
         self._owners: dict[str, dict[str, str]] = {}
+        self._by_orthanc_id: dict[str, str] = {}
+        self._early: list[tuple[str, dict[str, str]]] = []  # claims made before load (not decided ones)
         self._lock = threading.Lock()
+        self._loaded = False
+        self._loaded_event = threading.Event()
+        if studies is not None:
+            self.load(studies)
+
+    def load(self, studies: dict[str, dict[str, str]]) -> None:
+        """The studies Orthanc holds, then the claims made meanwhile (the stored ones win)."""
+        with self._lock:
+            for study_uid, tags in [*studies.items(), *self._early]:
+                self._claim(study_uid, tags)
+            self._early.clear()
+            self._loaded = True
+        self._loaded_event.set()
 
     def __call__(self, study_uid: str) -> dict[str, str] | None:
+        self._loaded_event.wait(self.LOAD_WAIT_SECONDS)
         with self._lock:
-            owner = self._owners.get(study_uid)
-        if owner is not None:
-            return owner
-        owner = self._lookup(study_uid)
-        if owner is not None:
-            with self._lock:
-                self._owners.setdefault(study_uid, owner)
-        return owner
+            if not self._loaded:
+                raise OwnersNotLoaded("the patients of the stored studies are not read yet (Orthanc is starting)")
+            return self._owners.get(study_uid)
 
     def claim(self, study_uid: str, tags: dict[str, str]) -> None:
-        if study_uid:
-            with self._lock:
-                self._owners.setdefault(study_uid, dict(tags))
-
-    def forget_all(self) -> None:
         with self._lock:
-            self._owners.clear()
+            if self._loaded:
+                self._claim(study_uid, tags)
+            else:
+                self._early.append((study_uid, dict(tags)))
+
+    def _claim(self, study_uid: str, tags: dict[str, str]) -> None:
+        if study_uid and study_uid not in self._owners:
+            self._owners[study_uid] = dict(tags)
+            self._by_orthanc_id[orthanc_study_id(tags.get("PatientID", ""), study_uid)] = study_uid
+
+    def release(self, orthanc_id: str) -> None:
+        """Orthanc deleted this study (its own identifier): its StudyInstanceUID is free again."""
+        with self._lock:
+            study_uid = self._by_orthanc_id.pop(orthanc_id, None)
+            if study_uid is not None:
+                self._owners.pop(study_uid, None)
+
+    def __len__(self) -> int:
+        return len(self._owners)
 
 
 @dataclass
@@ -100,12 +140,12 @@ class _Arrival:
 
 
 class Reconciler:
-    def __init__(self, directory: PatientDirectory, settings: ReconcileSettings, study_owner: StudyOwnerLookup,
+    def __init__(self, directory: PatientDirectory, settings: ReconcileSettings, study_owners: StudyOwners,
                  clock: Callable[[], float] = time.monotonic):
         self.directory = directory
         self.settings = settings
-        self.study_owners = StudyOwners(study_owner)
-        self._study_owner = self.study_owners
+        self.study_owners = study_owners
+        self._study_owner = study_owners
         self._clock = clock
         self._lock = threading.Lock()
         self._arrivals: dict[tuple[str, str, str], _Arrival] = {}
@@ -149,7 +189,6 @@ class Reconciler:
         else:
             decision = Decision(UNMATCHED, None, f"patient {identity.patient_id!r} is not known to the EMR directory")
 
-        # The PACS is the truth: a study deleted there has no owner any more (StudyOwners forgets it).
         owner = self._study_owner(identity.study_uid)
         if owner is None or owner["PatientID"] == decision.patient_after(identity):
             return decision

@@ -15,7 +15,7 @@ from .dicom.reading import read_dicom
 from .directory import Patient, PatientDirectory
 from .directory.model import validate_patient_id
 from .ingest import Ingest
-from .errors import BadRequest, NeuroNovaError, PatientNotFound, PatientRejected, PayloadTooLarge
+from .errors import NotReady, BadRequest, NeuroNovaError, PatientNotFound, PatientRejected, PayloadTooLarge
 
 log = logging.getLogger("neuronova.upload")
 
@@ -77,6 +77,8 @@ class UploadService:
         finally:
             self.ingest.forget_upload(sop_instance_uid)
         if answer.get("Status") == "FilteredOut":
+            if outcome.retry:
+                raise NotReady(outcome.rejection or "Orthanc is starting: retry")
             raise PatientRejected(outcome.rejection or "refused by patient reconciliation")
         stored_patient_id = outcome.patient_id
         stored = {key: answer.get(key) for key in ORTHANC_RESPONSE_KEYS}

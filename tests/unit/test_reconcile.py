@@ -5,7 +5,7 @@ import pytest
 from neuronova.directory import EmbeddedRegistry, Identifier, Patient
 from neuronova.errors import DirectoryUnavailable
 from neuronova.history import HistoryEntry, IngestHistory
-from neuronova.reconcile import Identity, ReconcileSettings, Reconciler
+from neuronova.reconcile import OwnersNotLoaded, StudyOwners, orthanc_study_id, Identity, ReconcileSettings, Reconciler
 
 HONG = Patient("P-1", "Hong^Gildong", "1980-01-15", "male", (Identifier("CT1-42", "SCANNER"), Identifier("OLD-7")))
 KIM = Patient("P-2", "Kim^Cheolsu", "1975-05-20", "male")
@@ -43,8 +43,7 @@ def identity(patient_id, study="S1", issuer="", name="X^Y", birth="", sex=""):
 
 
 def reconciler(directory, owners=None, clock=None, **settings):
-    owners = owners if owners is not None else {}
-    return Reconciler(directory, ReconcileSettings(**settings), owners.get, clock or Clock())
+    return Reconciler(directory, ReconcileSettings(**settings), StudyOwners(owners or {}), clock or Clock())
 
 
 def test_registry_resolves_canonical_then_other_identifiers_with_issuer(directory):
@@ -102,11 +101,9 @@ def test_emr_down_gives_unverified_retried_after_a_short_while(directory):
 
 
 def test_emr_down_mid_series_follows_the_studys_patient(directory):
-    stored = {}  # what the PACS holds, as the study owner lookup sees it
-    recon = reconciler(directory, owners=stored)
+    recon = reconciler(directory)
     first = recon.decide(identity("CT1-42", issuer="SCANNER"))
-    assert first.action == "coerced"
-    stored["S1"] = first.target
+    assert first.action == "coerced"  # and S1 is claimed for P-1 at once
     directory.down = True
     decision = recon.decide(identity("OLD-7"))  # an identity not seen yet in this study: the EMR is asked
     assert decision.action == "unverified" and decision.target["PatientID"] == "P-1"
@@ -144,3 +141,30 @@ def test_an_explicit_assignment_may_not_split_a_stored_study(directory):
     refused = recon.decide_assigned(identity("P-2", name="Kim^Cheolsu"))
     assert refused.action == "rejected" and "already stored under patient P-1" in refused.reason
     assert recon.decide_assigned(identity("P-2", study="S2")).action == "assigned"
+
+
+def test_study_owners_are_claimed_once_and_released_by_orthancs_study_id():
+    owners = StudyOwners({"S1": {"PatientID": "P-1", "PatientName": "A^B", "PatientBirthDate": "", "PatientSex": ""}})
+    owners.claim("S1", {"PatientID": "P-2"})  # the first claim wins
+    assert owners("S1")["PatientID"] == "P-1"
+    owners.release(orthanc_study_id("P-2", "S1"))  # another patient's study of that UID: not this claim
+    assert owners("S1")["PatientID"] == "P-1"
+    owners.release(orthanc_study_id("P-1", "S1"))
+    assert owners("S1") is None
+
+
+def test_orthanc_study_id_is_orthancs_own():
+    # CT_small.dcm as stored by Orthanc 1.10.1 (its /studies answer)
+    assert orthanc_study_id("1CT1", "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322") == \
+        "8a8cf898-ca27c490-d0c7058c-929d0581-2bbf104d"
+
+
+def test_before_orthancs_studies_are_read_nothing_is_decided_and_early_claims_lose(monkeypatch):
+    owners = StudyOwners()
+    monkeypatch.setattr(StudyOwners, "LOAD_WAIT_SECONDS", 0.01)
+    with pytest.raises(OwnersNotLoaded):
+        owners("S1")
+    owners.claim("S1", {"PatientID": "P-9"})  # e.g. an Orthanc-made instance stored meanwhile
+    owners.claim("S2", {"PatientID": "P-2"})
+    owners.load({"S1": {"PatientID": "P-1"}})
+    assert owners("S1")["PatientID"] == "P-1" and owners("S2")["PatientID"] == "P-2"

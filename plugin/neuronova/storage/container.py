@@ -282,14 +282,15 @@ class _PixelLayout:
             return np.ascontiguousarray(array.reshape(self.samples, self.rows, self.columns).transpose(1, 2, 0))
         return array.reshape(self.rows, self.columns, self.samples)
 
-    def to_bytes(self, array: np.ndarray) -> bytes:
-        """The inverse of to_array (a decoder may hand back a narrower type: J2K declares Bits Stored)."""
+    def to_bytes(self, array: np.ndarray) -> memoryview:
+        """The inverse of to_array (a decoder may hand back a narrower type: J2K declares Bits Stored);
+        a view of the array's buffer: no copy made while holding the GIL."""
         array = array.astype(self.dtype.newbyteorder("<"), copy=False)
         if self.samples == 3 and self.planar:
             array = array.transpose(2, 0, 1)
         if self.swapped_words:
-            return np.ascontiguousarray(array).view("<u2").astype(">u2").tobytes()
-        return np.ascontiguousarray(array, dtype=self.dtype).tobytes()
+            array = np.ascontiguousarray(array).view("<u2").astype(">u2")
+        return memoryview(np.ascontiguousarray(array, dtype=array.dtype if self.swapped_words else self.dtype)).cast("B")
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -570,7 +571,7 @@ def restore_chunks(stored, recipe: Recipe | None = None) -> Iterator[bytes | mem
                     raise ContainerError(f"frame {index + 1} cannot be decoded: {_describe(error)}") from None
                 if residual is not None:
                     difference = np.frombuffer(literals[residual[0]:residual[0] + residual[1]], np.uint8)
-                    frame = np.bitwise_xor(np.frombuffer(frame, np.uint8), difference).tobytes()
+                    frame = memoryview(np.bitwise_xor(np.frombuffer(frame, np.uint8), difference))
                 yield frame
 
 

@@ -163,7 +163,8 @@ class StudyList:
             return
         for row in rows:
             received, stored = sizes.get(row["study_instance_uid"], (0, 0))
-            if received > 0:
+            if received > 0:  # Orthanc's DiskSize counts received sizes: the history knows what is on disk
+                row["stored_bytes"] = stored
                 row["received_bytes"] = received
                 row["saved_bytes"] = received - stored
                 row["saving_percent"] = round(100.0 * (received - stored) / received, 1)

@@ -11,6 +11,27 @@ class CodecUnavailable(RuntimeError):
     """The backend's native library is missing; the message names what to install."""
 
 
+try:
+    import imagecodecs
+except ImportError as error:  # reported precisely by missing_in_imagecodecs()
+    imagecodecs = None
+    _IMPORT_ERROR: ImportError | None = error
+else:
+    _IMPORT_ERROR = None
+
+
+def missing_in_imagecodecs(module, label: str, codec: str, library: str, function: str) -> str | None:
+    """What is missing for imagecodecs' `codec` to work (`module`: the backend's imagecodecs, None
+    when its import failed), or None."""
+    if module is None:
+        return f"{label} needs the Python package 'imagecodecs' (import failed: {_IMPORT_ERROR})"
+    found = getattr(module, codec, None)
+    if found is None or not getattr(found, "available", False):
+        return (f"{label} needs imagecodecs built with {library}; imagecodecs "
+                f"{getattr(module, '__version__', '?')} has no {function}")
+    return None
+
+
 from . import htj2k, j2k  # noqa: E402  (the backends import CodecUnavailable from here)
 
 BACKENDS = {htj2k.NAME: htj2k, j2k.NAME: j2k}

@@ -14,15 +14,7 @@ from __future__ import annotations
 import numpy as np
 from pydicom.uid import HTJ2KLossless
 
-from . import CodecUnavailable
-
-try:
-    import imagecodecs
-except ImportError as error:  # reported precisely by missing()
-    imagecodecs = None
-    _IMPORT_ERROR: ImportError | None = error
-else:
-    _IMPORT_ERROR = None
+from . import CodecUnavailable, imagecodecs, missing_in_imagecodecs
 
 NAME = "htj2k"
 TRANSFER_SYNTAX = HTJ2KLossless
@@ -30,15 +22,7 @@ TRANSFER_SYNTAX = HTJ2KLossless
 
 def missing() -> str | None:
     """Say what is missing for this backend to work, or None when it works."""
-    if imagecodecs is None:
-        return f"HTJ2K needs the Python package 'imagecodecs' (import failed: {_IMPORT_ERROR})"
-    codec = getattr(imagecodecs, "HTJ2K", None)
-    if codec is None or not getattr(codec, "available", False):
-        return (
-            f"HTJ2K needs imagecodecs built with OpenJPH; imagecodecs "
-            f"{getattr(imagecodecs, '__version__', '?')} has no htj2k_encode"
-        )
-    return None
+    return missing_in_imagecodecs(imagecodecs, "HTJ2K", "HTJ2K", "OpenJPH", "htj2k_encode")
 
 
 def is_available() -> bool:
@@ -63,3 +47,4 @@ def decode(codestream: bytes) -> np.ndarray:
     if reason:
         raise CodecUnavailable(reason)
     return imagecodecs.htj2k_decode(codestream, planar=False)
+

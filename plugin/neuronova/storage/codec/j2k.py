@@ -14,15 +14,7 @@ from __future__ import annotations
 import numpy as np
 from pydicom.uid import JPEG2000Lossless
 
-from . import CodecUnavailable
-
-try:
-    import imagecodecs
-except ImportError as error:  # reported precisely by missing()
-    imagecodecs = None
-    _IMPORT_ERROR: ImportError | None = error
-else:
-    _IMPORT_ERROR = None
+from . import CodecUnavailable, imagecodecs, missing_in_imagecodecs
 
 NAME = "j2k"
 TRANSFER_SYNTAX = JPEG2000Lossless
@@ -30,15 +22,7 @@ TRANSFER_SYNTAX = JPEG2000Lossless
 
 def missing() -> str | None:
     """Say what is missing for this backend to work, or None when it works."""
-    if imagecodecs is None:
-        return f"JPEG 2000 needs the Python package 'imagecodecs' (import failed: {_IMPORT_ERROR})"
-    codec = getattr(imagecodecs, "JPEG2K", None)
-    if codec is None or not getattr(codec, "available", False):
-        return (
-            f"JPEG 2000 needs imagecodecs built with OpenJPEG; imagecodecs "
-            f"{getattr(imagecodecs, '__version__', '?')} has no jpeg2k_encode"
-        )
-    return None
+    return missing_in_imagecodecs(imagecodecs, "JPEG 2000", "JPEG2K", "OpenJPEG", "jpeg2k_encode")
 
 
 def is_available() -> bool:
@@ -70,3 +54,4 @@ def decode(codestream: bytes) -> np.ndarray:
     if reason:
         raise CodecUnavailable(reason)
     return imagecodecs.jpeg2k_decode(codestream, numthreads=1)
+
