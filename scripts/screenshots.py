@@ -18,7 +18,8 @@ OUT = os.path.join(REPO_ROOT, "docs", "screenshots")
 def main() -> int:
     os.makedirs(OUT, exist_ok=True)
     env = dict(os.environ, NEURONOVA_SCREENSHOTS=OUT)
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/browser/test_upload_dialog.py"],
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/browser/test_upload_dialog.py",
+                             "tests/browser/test_storage_panel.py"],
                             cwd=REPO_ROOT, env=env)
     if result.returncode == 0:
         print(f"Screenshots written to {os.path.relpath(OUT, REPO_ROOT)}:",

@@ -1,5 +1,5 @@
 /*
- * NeuroNova RIS dashboard (/neuronova/app/index.html): the study list and the upload dialog.
+ * NeuroNova RIS dashboard (/neuronova/app/index.html): the storage panel, the study list and the upload dialog.
  * Relative URLs only, so the page works behind a reverse proxy prefix; the browser's Orthanc login
  * (HTTP Basic) is sent with every same-origin request.
  */
@@ -9,12 +9,19 @@
   var PAGE_BASE = new URL('./', window.location.href).href;          // <prefix>/neuronova/app/
   var ORTHANC_ROOT = new URL('../../', PAGE_BASE).href;               // <prefix>/
   var STUDIES_URL = new URL('../studies?limit=200', PAGE_BASE).href;  // <prefix>/neuronova/studies
+  var STORAGE_URL = new URL('../storage', PAGE_BASE).href;            // <prefix>/neuronova/storage
+  var COMPRESS_URL = new URL('../storage/compress', PAGE_BASE).href;  // <prefix>/neuronova/storage/compress
+  var STATISTICS_URL = new URL('statistics', ORTHANC_ROOT).href;      // <prefix>/statistics
   var AUTO_REFRESH_MS = 30000;
+  var JOB_POLL_MS = 2000;
 
   var studies = [];
   var known = null;  // study IDs shown before, to highlight what arrived since
   var fresh = {};
   var loading = null;
+  var storageLoading = null;
+  var storagePoll = null;   // timer of the next poll while the compression job runs
+  var jobActive = false;    // the last answer showed the job counting or running
 
   function $(id) { return document.getElementById(id); }
 
@@ -112,11 +119,9 @@
     box.hidden = !text;
   }
 
-  function load() {
-    if (loading) {
-      return loading;
-    }
-    loading = fetch(STUDIES_URL, {credentials: 'same-origin', cache: 'no-store'})
+  /** The plugin's JSON answer; rejects with the server's `error` text, or the HTTP status when no JSON came. */
+  function requestJson(url, method) {
+    return fetch(url, {method: method || 'GET', credentials: 'same-origin', cache: 'no-store'})
       .then(function (response) {
         return response.text().then(function (text) {
           var answer = null;
@@ -128,7 +133,14 @@
           }
           return answer;
         });
-      })
+      });
+  }
+
+  function load() {
+    if (loading) {
+      return loading;
+    }
+    loading = requestJson(STUDIES_URL)
       .then(function (answer) {
         studies = answer.studies;
         if (known !== null) {
@@ -153,6 +165,135 @@
     return loading;
   }
 
+  // ---------------------------------------------------------------- the storage panel
+
+  function plural(count, word) {
+    return count + ' ' + word + (count === 1 ? '' : 's');
+  }
+
+  function setText(id, text) {
+    var element = $(id);
+    element.textContent = text;
+    element.hidden = !text;
+  }
+
+  function jobCounts(job) {
+    var parts = [job.compressed + ' compressed'];
+    if (job.already) {
+      parts.push(job.already + ' already compressed');
+    }
+    parts.push(job.kept + ' kept as received', job.failed + ' failed');
+    return parts.join(', ');
+  }
+
+  function renderFigures(answer, statistics) {
+    $('nn-storage-received').textContent = formatBytes(answer.received_bytes);
+    $('nn-storage-stored').textContent = formatBytes(answer.stored_bytes);
+    var saved = $('nn-storage-saved');
+    saved.textContent = formatBytes(answer.saved_bytes) + ' (' + answer.saving_percent + '%)';
+    saved.className = answer.saved_bytes > 0 ? 'nn-saving' : '';
+    var files = plural(answer.compressed_files, 'file') + ' compressed, ' + answer.plain_files + ' as received';
+    if (answer.pending) {
+      files += ', ' + answer.pending + ' waiting';
+    }
+    $('nn-storage-files').textContent = files + ' \u00b7 compression ' +
+      (answer.when === 'background' ? 'in the background' : 'at ingest');
+    // Files stored before the plugin are unknown to it until the job has looked at them.
+    var counted = answer.compressed_files + answer.plain_files + answer.pending;
+    var untracked = statistics ? statistics.CountInstances - counted : 0;
+    setText('nn-storage-untracked', untracked > 0 && !jobActive
+      ? plural(untracked, 'instance') + ' stored before the plugin ' + (untracked === 1 ? 'is' : 'are') +
+        ' not counted yet: "Compress existing storage" takes them in.' : '');
+  }
+
+  function renderJob(job) {
+    var active = job.state === 'counting' || job.state === 'running';
+    var button = $('nn-storage-compress');
+    button.disabled = active;
+    button.setAttribute('aria-disabled', String(active));
+    $('nn-storage-job').hidden = !active;
+    if (active) {
+      var progress = $('nn-storage-progress');
+      var percent = Math.max(0, Math.min(100, job.percent || 0));
+      progress.querySelector('.nn-progress-bar').style.width = percent + '%';
+      progress.querySelector('.nn-progress-label').textContent = job.state === 'counting' ? 'Counting files...'
+        : percent + '%';
+      progress.setAttribute('aria-valuenow', String(Math.round(percent)));
+      progress.setAttribute('aria-valuetext', job.state === 'counting' ? 'Counting files' : percent + '%');
+      $('nn-storage-job-text').textContent = job.state === 'counting'
+        ? 'Compressing the existing storage: counting the stored files...'
+        : 'Compressing the existing storage: ' + job.scanned + ' of ' + plural(job.total, 'file') + ' scanned, ' +
+          jobCounts(job) + (job.elapsed_seconds >= 1 ? ' \u00b7 ' + job.files_per_second + ' files/s' : '');
+    }
+    var finished = job.finished ? ' (' + new Date(job.finished * 1000).toLocaleString() + ')' : '';
+    if (job.state === 'done') {
+      setText('nn-storage-done', 'Compression of the existing storage done' + finished + ': ' +
+        plural(job.scanned, 'file') + ' scanned, ' + jobCounts(job) + '.');
+    } else {
+      setText('nn-storage-done', '');
+    }
+    if (job.state === 'failed') {
+      showStorageError('Compression of the existing storage stopped' + finished + ': ' +
+        (job.error || 'unknown error') + ' (' + job.scanned + ' of ' + plural(job.total, 'file') + ' scanned, ' +
+        jobCounts(job) + ').');
+    }
+    var wasActive = jobActive;
+    jobActive = active;
+    if (wasActive && !active) {
+      load();  // the study list's stored sizes changed
+    }
+  }
+
+  function showStorageError(text) {
+    setText('nn-storage-error', text);
+  }
+
+  function schedulePoll() {
+    window.clearTimeout(storagePoll);
+    storagePoll = jobActive ? window.setTimeout(loadStorage, JOB_POLL_MS) : null;
+  }
+
+  function loadStorage() {
+    if (storageLoading) {
+      return storageLoading;
+    }
+    // Orthanc's own counts, to tell files the plugin does not know yet; optional.
+    var statistics = fetch(STATISTICS_URL, {credentials: 'same-origin', cache: 'no-store'})
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .catch(function () { return null; });
+    storageLoading = Promise.all([requestJson(STORAGE_URL), statistics])
+      .then(function (answers) {
+        showStorageError('');
+        renderJob(answers[0].job);
+        renderFigures(answers[0], answers[1]);
+      })
+      .catch(function (error) {
+        showStorageError('Could not load the storage figures: ' + error.message);
+      })
+      .then(function () {
+        storageLoading = null;
+        schedulePoll();
+      });
+    return storageLoading;
+  }
+
+  function startCompression() {
+    var button = $('nn-storage-compress');
+    button.disabled = true;
+    showStorageError('');
+    setText('nn-storage-done', '');
+    requestJson(COMPRESS_URL, 'POST')
+      .then(function (answer) {
+        renderJob(answer.job);
+        setText('nn-storage-untracked', '');
+        schedulePoll();
+      })
+      .catch(function (error) {
+        button.disabled = jobActive;
+        showStorageError('Could not start the compression of the existing storage: ' + error.message);
+      });
+  }
+
   function loadOrthancName() {
     fetch(new URL('system', ORTHANC_ROOT).href, {credentials: 'same-origin'})
       .then(function (response) { return response.ok ? response.json() : null; })
@@ -172,15 +313,26 @@
     $('nn-open-upload').addEventListener('click', function () {
       window.NeuroNovaUpload.open({});
     });
-    $('nn-refresh').addEventListener('click', function () { load(); });
+    $('nn-refresh').addEventListener('click', function () {
+      load();
+      loadStorage();
+    });
+    $('nn-storage-compress').addEventListener('click', startCompression);
     $('nn-filter').addEventListener('input', render);
-    document.addEventListener('neuronova:uploaded', function () { load(); });
+    document.addEventListener('neuronova:uploaded', function () {
+      load();
+      loadStorage();
+    });
     window.setInterval(function () {
       if (document.visibilityState === 'visible') {
         load();
+        if (!jobActive) {  // while the job runs, the panel polls by itself
+          loadStorage();
+        }
       }
     }, AUTO_REFRESH_MS);
     loadOrthancName();
+    loadStorage();
     load();
   });
 })(window, document);
