@@ -65,11 +65,10 @@ def start(sdk) -> None:
     background = BackgroundCompressor(area, ledger, settings.background, history.set_stored)
     if settings.storage.when == "background":
         area.enqueue = background.enqueue
-    pacs = OrthancPacs(sdk, orthanc_config, area, in_process=_sdk_releases_the_gil(sdk, orthanc_config))
+    pacs = OrthancPacs(sdk, orthanc_config, area)
     metrics = Metrics(lambda name, value: sdk.SetMetricsValue(name, value, sdk.MetricsType.DEFAULT))
     metrics.storage_totals = ledger.totals
     owners = StudyOwners()
-    threading.Thread(target=_load_study_owners, args=(pacs, owners), name="neuronova-owners", daemon=True).start()
     reconciler = Reconciler(directory, settings.reconciliation, owners)
     ingest = Ingest(reconciler, history, metrics)
     uploads = UploadService(directory, ingest, pacs.store, settings.upload)
@@ -83,7 +82,9 @@ def start(sdk) -> None:
     sdk.RegisterIncomingCStoreInstanceFilter(
         lambda instance: ingest.cstore_filter(instance.GetInstanceData(), instance.GetInstanceRemoteAet()))
     sdk.RegisterOnStoredInstanceCallback(_on_stored(ingest, area))
-    sdk.RegisterOnChangeCallback(_on_change(sdk, background, history, ledger, reconciler))
+    load_owners = threading.Thread(target=_load_study_owners, args=(pacs, owners), name="neuronova-owners",
+                                   daemon=True)
+    sdk.RegisterOnChangeCallback(_on_change(sdk, background, history, ledger, reconciler, load_owners.start))
     background.start()
     log.info("started: directory %s, storage %s (compression %s, %s), reconciliation %s",
              settings.directory.backend, settings.storage.root, settings.storage.pack.target, settings.storage.when,
@@ -91,18 +92,19 @@ def start(sdk) -> None:
 
 
 def _load_study_owners(pacs: OrthancPacs, owners: StudyOwners) -> None:
-    """Read the stored studies' patients as soon as the plugin may call the database (not while it
-    initializes), in-process: decisions wait for it, and HTTP requests wait while one runs."""
-    while True:
+    """Read the stored studies' patients once Orthanc has started (a plugin may not call the database
+    while it initializes), in-process: decisions wait for it, and HTTP requests wait while one runs."""
+    for attempt in range(100):
         try:
             studies = pacs.stored_studies()
         except pacs.sdk.OrthancException as error:
-            log.debug("stored studies not readable yet: %s", error)
-            time.sleep(0.05)
+            log.warning("the stored studies cannot be read yet (%s): trying again", error)
+            time.sleep(0.1 * (attempt + 1))
             continue
         owners.load(studies)
         log.info("patients of %d stored studies loaded", len(studies))
         return
+    log.error("the stored studies could not be read: instances are refused with a status to retry")
 
 
 def _sdk_releases_the_gil(sdk, orthanc_config: dict) -> bool:
@@ -148,9 +150,11 @@ def _on_stored(ingest: Ingest, area: StorageArea):
 
 
 def _on_change(sdk, background: BackgroundCompressor, history: IngestHistory, ledger: Ledger,
-               reconciler: Reconciler):
+               reconciler: Reconciler, started):
     def on_change(change_type, level, resource):
-        if change_type == sdk.ChangeType.DELETED and level == sdk.ResourceType.STUDY:
+        if change_type == sdk.ChangeType.ORTHANC_STARTED:
+            started()  # the plugin may call the database from now on
+        elif change_type == sdk.ChangeType.DELETED and level == sdk.ResourceType.STUDY:
             reconciler.study_owners.release(resource)  # Orthanc signals each deleted study (measured on 1.10)
         elif change_type == sdk.ChangeType.ORTHANC_STOPPED:
             background.stop()
@@ -178,10 +182,11 @@ class OrthancPacs:
     authentication is on). Stores always go by loopback: a store waits for the plugin lock that a
     C-STORE thread may hold while it waits for the GIL (a deadlock, measured on 4.0)."""
 
-    def __init__(self, sdk, orthanc_config: dict, area: StorageArea, in_process: bool):
+    def __init__(self, sdk, orthanc_config: dict, area: StorageArea):
         self.sdk = sdk
         self.area = area
-        self.in_process = in_process
+        self._orthanc_config = orthanc_config
+        self._in_process: bool | None = None
         scheme = "https" if orthanc_config.get("SslEnabled") else "http"
         self._base_url = f"{scheme}://127.0.0.1:{orthanc_config.get('HttpPort', 8042)}"
         self._token = sdk.GenerateRestApiAuthorizationToken()
@@ -236,6 +241,13 @@ class OrthancPacs:
             if len(batch) < page:
                 return studies
             since += page
+
+    @property
+    def in_process(self) -> bool:
+        """Asked of Orthanc once, at the first call (not while the plugin initializes)."""
+        if self._in_process is None:
+            self._in_process = _sdk_releases_the_gil(self.sdk, self._orthanc_config)
+        return self._in_process
 
     def core_get(self, uri: str) -> bytes:
         """Orthanc's built-in answer (never "AfterPlugins", which would call the plugin's routes again)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid as uuid_module
 from dataclasses import dataclass
 from typing import Callable
@@ -19,6 +20,7 @@ from typing import Callable
 from . import container
 from .container import PackSettings, Packed
 from ..per_thread import PerThread
+from .layout import LayoutError, read_meta
 from .ledger import Ledger
 
 log = logging.getLogger("neuronova.storage")
@@ -56,6 +58,7 @@ class StorageArea:
         self._locks = [threading.Lock() for _ in range(64)]
         self._written: PerThread[Written] = PerThread()
         self._folders: set[str] = set()
+        self.last_write = 0.0
 
     def path(self, uuid: str) -> str:
         """Orthanc's own FilesystemStorage layout: ab/cd/abcd...; an administrator can switch back."""
@@ -69,6 +72,7 @@ class StorageArea:
     # -- the three callbacks ------------------------------------------------
 
     def create(self, uuid: str, is_dicom: bool, data: bytes) -> None:
+        self.last_write = time.monotonic()  # the background work waits while ingest goes on
         packed = None
         stored = data
         # A received file that would read as a container (one copied out of a storage area) is never
@@ -79,7 +83,8 @@ class StorageArea:
         self.write(uuid, stored)
         if is_dicom:
             if packed is None:
-                packed = Packed(None, "pending", "", "", "", "")
+                syntax = received_syntax(data)
+                packed = Packed(None, "pending", "", syntax, syntax, "")
                 self.ledger.record(uuid, len(data), len(stored), "", "pending")  # enqueued once stored
             else:
                 state = "packed" if packed.data is not None else "plain"
@@ -141,6 +146,14 @@ class StorageArea:
                 return False
             self.write(uuid, data)
         return True
+
+
+def received_syntax(data: bytes) -> str:
+    """The file's transfer syntax, for the history of a file compressed later ("" when unreadable)."""
+    try:
+        return read_meta(data).syntax
+    except LayoutError:
+        return ""
 
 
 def _remove_quietly(path: str) -> None:

@@ -1,8 +1,9 @@
 """Background compression: files stored as received (Transcoding.When "background") are compressed
 soon after by worker threads, and one job compresses what a PACS stored before it adopted the plugin.
 
-Workers run at a lower scheduling priority than Orthanc's own threads (the encoders release the
-GIL, so the kernel decides who gets the cores): ingest goes first. A file is replaced by its
+Ingest goes first: the workers pause while files are being stored (until 0.3 s after the last one),
+since Python's GIL is shared and Orthanc's ingest callbacks wait for it under their lock; and they run
+at a lower scheduling priority than Orthanc's own threads. A file is replaced by its
 verified container atomically (area.replace_with_container); reads meanwhile get the plain file.
 The adoption job's state is kept in the ledger, so a restart resumes it.
 """
@@ -25,6 +26,7 @@ log = logging.getLogger("neuronova.storage")
 
 ADOPTION_JOB = "adopt-existing-storage"
 _STALE_TEMPORARY_SECONDS = 3600
+_INGEST_QUIET_SECONDS = 0.3  # how long after the last stored file the background work resumes
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,9 @@ class BackgroundCompressor:
                 self._queue.task_done()
 
     def _throttle(self) -> None:
+        # Ingest first: Python's GIL is shared, and Orthanc's ingest callbacks wait for it under a lock
+        while time.monotonic() - self.area.last_write < _INGEST_QUIET_SECONDS and not self._stopping.is_set():
+            time.sleep(_INGEST_QUIET_SECONDS / 2)
         if self.settings.max_per_second <= 0:
             return
         with self._interval_lock:

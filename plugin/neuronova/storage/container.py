@@ -297,9 +297,14 @@ class _PixelLayout:
 
 
 def _normalized(array: np.ndarray, bits_stored: int, bits_allocated: int) -> np.ndarray:
-    """Unused high bits cleared (unsigned) or sign-extended (signed): the encoders code them otherwise."""
+    """Unused high bits cleared (unsigned) or sign-extended (signed): the encoders code them otherwise.
+    The array itself when its values already fit Bits Stored (the common case: two reductions, no copy)."""
     unused = bits_allocated - bits_stored
     if not unused:
+        return array
+    signed = array.dtype.kind == "i"
+    low, high = (-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1) if signed else (0, (1 << bits_stored) - 1)
+    if array.max() <= high and (not signed or array.min() >= low):
         return array
     if array.dtype.kind == "u":
         return array & array.dtype.type((1 << bits_stored) - 1)
@@ -314,7 +319,7 @@ def _encode_frame(backend: ModuleType, image: Image, layout: _PixelLayout, index
     frame = _normalized(received, image.bits_stored, image.bits_allocated)
     codestream = backend.encode(frame, image.bits_stored, image.photometric == "RGB")
     residual = None  # the bits above Bits Stored, when there are any: rare, but lossless means all bits
-    if frame is not received and not np.array_equal(frame, received):
+    if frame is not received:  # values above Bits Stored: they come back from the residual
         residual = np.bitwise_xor(np.frombuffer(raw, np.uint8), np.frombuffer(layout.to_bytes(frame), np.uint8)).tobytes()
     return codestream, residual
 
