@@ -48,7 +48,9 @@ def answer(handler: Handler, request: Request) -> Response:
     try:
         return handler(request)
     except NeuroNovaError as error:
-        log.info("%s answered %d: %s", request.method, error.http_status, error)
+        route = "/".join(request.uri.split("/")[:3])  # the rest of the path may be a patient ID
+        log.info("%s %s answered %d (%s)", request.method, route, error.http_status, type(error).__name__)
+        log.debug("%s: %s", type(error).__name__, error)  # the text may name a patient: DEBUG only
         return error_response(error)
     except Exception as error:  # a bug: answer clearly instead of Orthanc's bare 500
         log.exception("Unexpected error in a NeuroNova route")

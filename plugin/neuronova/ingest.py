@@ -207,7 +207,9 @@ class Ingest:
         pending.entry = replace(pending.entry, remote=calling_aet)
         if pending.rejection is None:
             return CSTORE_ACCEPT
-        log.warning("C-STORE from %s rejected: %s", calling_aet, pending.rejection)
+        log.warning("C-STORE of SOP Instance %s from %s refused (%s)", pending.sop, calling_aet,
+                    "retry later" if pending.retry else "reconciliation")
+        log.debug("refused: %s", pending.rejection)  # names the patient: DEBUG only
         self._pending.pop()
         self._finish(pending, None)
         return CSTORE_OUT_OF_RESOURCES if pending.retry else self.reconciler.settings.reject_status
