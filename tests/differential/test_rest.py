@@ -12,7 +12,7 @@ import pytest
 from pydicom import dcmread
 
 from support.differential import (FILES, HTJ2K, NO_PIXELS, assert_same, check_attachments,
-                                  check_no_pixel_data_frames, check_no_transcoding,
+                                  check_no_pixel_data_frames, check_no_transcoding, check_transcoded_by_plugin,
                                   check_plugin_answers_where_plain_fails, check_statistics, check_stored_htj2k_frames,
                                   dataset_json, dicomdir_records, drop, file_bytes, instance_id, multipart_full,
                                   multipart_parts, pixels_bytes, png_pixels, replace_urls, stored_syntax, uids_of,
@@ -353,11 +353,15 @@ def test_dicomweb_frames(uploaded, name, accept):
         check_stored_htj2k_frames(what, plugin, _uncompressed_frames(pair, name), HTJ2K_ACCEPTS[accept],
                                   int(_header(name).BitsAllocated), urls)
         return
-    if accept in COMPRESSED_ACCEPTS and COMPRESSED_ACCEPTS[accept][1] != received_syntax:
-        check_no_transcoding(what, plain, plugin, *COMPRESSED_ACCEPTS[accept])
-        return
-    if name == NO_PIXELS and plain.status_code >= 500:
+    if name == NO_PIXELS and plain.status_code >= 500 and plugin.status_code != 406:
         check_no_pixel_data_frames(what, plain, plugin)
+        return
+    if accept in COMPRESSED_ACCEPTS and COMPRESSED_ACCEPTS[accept][1] != received_syntax:
+        if plugin.status_code == 200 and accept == "jp2-lossless":
+            check_transcoded_by_plugin(what, plain, plugin, [body for _, body in _uncompressed_frames(pair, name)],
+                                       int(_header(name).BitsAllocated))
+        else:
+            check_no_transcoding(what, plain, plugin, *COMPRESSED_ACCEPTS[accept])
         return
     if plain.status_code >= 500 and plugin.status_code == 200:
         check_plugin_answers_where_plain_fails(what, plain, plugin,

@@ -510,7 +510,16 @@ EXPECTED_DIFFERENCES: dict[str, ExpectedDifference] = {e.key: e for e in [
              "HTJ2K, a syntax it does not know) or 200 with parts of the asked type (DCMTK transcoded them). "
              "Each case is listed at the end.",
         why="the plugin never calls Orthanc's transcoder from an HTTP thread: GDCM 1.5 crashed Orthanc there and "
-            "DCMTK's JPEG-LS encoder aborts plain Orthanc on 693_UNCR.dcm (measured); the plugin has no encoder."),
+            "DCMTK's JPEG-LS encoder aborts plain Orthanc on 693_UNCR.dcm (measured); its own encoders cover "
+            "JPEG 2000 and JPEG-LS lossless only (JPEG lossless through libjpeg-turbo killed Orthanc)."),
+    ExpectedDifference(
+        "frames-transcoded-by-plugin",
+        rule="WADO-RS frames asked as image/jp2 1.2.840.10008.1.2.4.90 of an instance whose frames decode without "
+             "loss: plugin 200, every part 'image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90', and "
+             "imagecodecs.jpeg2k_decode(part) == plain's uncompressed frame, byte for byte (plain: 5xx without "
+             "an encoder, or 200 with its own, different, codestreams).",
+        why="the plugin encodes with OpenJPEG and checks the decoding, instead of Orthanc's transcoder (which "
+            "crashed Orthanc from HTTP threads here); codestreams differ from GDCM's, pixels do not."),
 ]}
 
 APPLIED: dict[str, list[str]] = defaultdict(list)  # key -> the cases where the expected difference applied
@@ -634,6 +643,23 @@ def check_stored_htj2k_frames(what: str, plugin, reference: list[tuple[dict, byt
         if decoded != plain_body:
             _fail(key, what, f"part {index}: the HTJ2K codestream ({len(body)} bytes) decodes to "
                              f"{len(decoded)} bytes that are not plain's {len(plain_body)} uncompressed bytes")
+
+
+def check_transcoded_by_plugin(what: str, plain, plugin, reference: list[bytes], bits_allocated: int):
+    """frames-transcoded-by-plugin: the plugin's J2K lossless parts decode to plain's uncompressed frames."""
+    import imagecodecs
+    key = "frames-transcoded-by-plugin"
+    _applied(key, f"{what}: plain {plain.status_code}, plugin {plugin.status_code}")
+    if plain.status_code not in (200,) and plain.status_code < 500:
+        _fail(key, what, f"plain answered {plain.status_code} {plain.text[:300]}")
+    parts = multipart_full(plugin)
+    label = "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90"
+    if [headers.get("Content-Type") for headers, _ in parts] != [label] * len(reference):
+        _fail(key, what, f"part types {[headers.get('Content-Type') for headers, _ in parts]}, "
+                         f"expected {len(reference)} x {label!r}")
+    for index, ((_, body), frame) in enumerate(zip(parts, reference)):
+        if pixels_bytes(imagecodecs.jpeg2k_decode(body), bits_allocated) != frame:
+            _fail(key, what, f"part {index} does not decode to the uncompressed frame")
 
 
 def check_plugin_answers_where_plain_fails(what: str, plain, plugin, reference: list[bytes]):

@@ -48,7 +48,10 @@ def test_a_parameter_without_value_is_a_bad_request():
     (MediaRange("image/jphc", ""), HTJ2KLossless, Choice(f"image/jphc; transfer-syntax={HTJ2KLossless}", False)),
     (MediaRange("image/jphc", "*"), HTJ2KLossless, Choice(f"image/jphc; transfer-syntax={HTJ2KLossless}", False)),
     (MediaRange("image/jphc", "1.2.840.10008.1.2.4.203"), HTJ2KLossless, None),
-    (MediaRange("image/jp2", ""), HTJ2KLossless, None),  # no transcoding
+    # lossless transcoding by the plugin's encoders, verified (frame_encoding), from lossless frames only
+    (MediaRange("image/jp2", ""), HTJ2KLossless, Choice(f"image/jp2; transfer-syntax={J2K}", True, encode=J2K)),
+    (MediaRange("image/jp2", ""), ExplicitVRLittleEndian, Choice(f"image/jp2; transfer-syntax={J2K}", True, encode=J2K)),
+    (MediaRange("image/jp2", J2K_LOSSY), ExplicitVRLittleEndian, None),  # no lossy encoding
     (MediaRange(OCTET, J2K), HTJ2KLossless, None),
     # what the DICOMweb plugin 1.7 answers for instances it can read
     (MediaRange(OCTET, "*"), J2K_LOSSY, Choice(f"image/jp2; transfer-syntax={J2K_LOSSY}", False)),
@@ -57,7 +60,7 @@ def test_a_parameter_without_value_is_a_bad_request():
      Choice(f"{OCTET}; transfer-syntax={ImplicitVRLittleEndian}", False)),
     (MediaRange(OCTET, "*"), ExplicitVRBigEndian, Choice(f"{OCTET}; transfer-syntax={ExplicitVRLittleEndian}", False)),
     (MediaRange("image/jp2", J2K_LOSSY), J2K_LOSSY, Choice(f"image/jp2; transfer-syntax={J2K_LOSSY}", False)),
-    (MediaRange("image/jp2", ""), J2K_LOSSY, None),  # the default of image/jp2 is lossless
+    (MediaRange("image/jp2", ""), J2K_LOSSY, None),  # lossy frames are never encoded again
     (MediaRange("image/x-jls", ""), "1.2.840.10008.1.2.4.80",
      Choice("image/jls; transfer-syntax=1.2.840.10008.1.2.4.80", False)),
     (MediaRange("image/x-dicom-rle", ""), RLE, Choice(f"image/dicom-rle; transfer-syntax={RLE}", False)),
@@ -74,8 +77,9 @@ def test_resolution(media_range, stored, expected):
 
 def test_nothing_acceptable_is_a_406_naming_what_is():
     with pytest.raises(NotAcceptable, match=r"transfer-syntax=\*"):
-        choices(parse_accept('multipart/related; type="image/jpeg"'), HTJ2KLossless)
-    accept = 'multipart/related; type="image/jpeg", multipart/related; transfer-syntax=*, */*'
+        choices(parse_accept(f'multipart/related; type="image/jpeg"; transfer-syntax={JPEG_BASELINE}'), HTJ2KLossless)
+    accept = f'multipart/related; type="image/jpeg"; transfer-syntax={JPEG_BASELINE}, ' \
+             'multipart/related; transfer-syntax=*, */*'
     assert [choice.decode for choice in choices(parse_accept(accept), HTJ2KLossless)] == [False, True]
 
 

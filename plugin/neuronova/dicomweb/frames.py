@@ -67,12 +67,16 @@ from ..errors import BadRequest, NeuroNovaError, NotFound
 from ..http import Request, Response, allow
 from ..pacs import Pacs
 from .frame_decoding import DECODERS, HTJ2K_SYNTAXES, PIXEL_KEYWORDS, CannotDecode, frame_to_little_endian
+from .frame_encoding import ENCODERS, encode_frame
 
 OCTET_STREAM = "application/octet-stream"
 # Orthanc hands the frames of these over little endian (/frames/{n}/raw): nothing to decode
 UNCOMPRESSED = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
                           DeflatedExplicitVRLittleEndian})
 DECODABLE = frozenset(DECODERS) | {RLELossless}
+# Decodable without loss: the frames they give may be encoded again in another lossless syntax
+LOSSLESS_DECODABLE = DECODABLE & {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
+                                  "1.2.840.10008.1.2.4.90", RLELossless, *HTJ2K_SYNTAXES} - {"1.2.840.10008.1.2.4.203"}
 
 _JPEG = ("1.2.840.10008.1.2.4.70", ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
                                     "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"))
@@ -130,6 +134,7 @@ class Choice:
     content_type: str  # of each part, transfer syntax included
     decode: bool  # uncompressed little-endian pixels; False: the received frames as they are
     kept: bool = False  # the codestreams the storage area keeps, untouched
+    encode: str = ""  # a lossless syntax the uncompressed frames are encoded to (frame_encoding)
 
 
 def label(media_type: str, syntax: str) -> str:
@@ -234,6 +239,8 @@ def resolve(media_range: MediaRange, stored: str) -> Choice | None:
     wanted = stored if media_range.syntax == "*" else media_range.syntax or default
     if wanted == stored and stored in syntaxes:
         return Choice(label(LABELS[stored], stored), False)
+    if wanted in syntaxes and wanted in ENCODERS and (stored in UNCOMPRESSED or stored in LOSSLESS_DECODABLE):
+        return Choice(label(LABELS[wanted], wanted), True, encode=wanted)
     return None
 
 
@@ -252,7 +259,8 @@ def choices(ranges: list[MediaRange], stored: str, kept_as: str | None = None) -
     if not found:
         raise NotAcceptable(
             f"none of the accepted media types can be answered for this instance, stored as {stored}: "
-            f"{offers(stored)}; transcoding to another compressed transfer syntax is not offered")
+            f"{offers(stored)}; transcoding is offered to JPEG 2000 and JPEG-LS lossless only, from frames "
+            f"that decode without loss")
     return found
 
 
@@ -376,10 +384,13 @@ class WadoFrameRoutes:
     def _frames(self, instance_id: str, stored: str, numbers: list[int], choice: Choice) -> list[bytes]:
         raw = {number: self.pacs.core_get(f"/instances/{instance_id}/frames/{number - 1}/raw")
                for number in dict.fromkeys(numbers)}
-        if not choice.decode or stored in UNCOMPRESSED:
+        if (not choice.decode or stored in UNCOMPRESSED) and not choice.encode:
             return [raw[number] for number in numbers]
         module = pixel_module(json.loads(self.pacs.core_get(f"/instances/{instance_id}/tags?short")))
-        decoded = {number: self._decode(instance_id, number, data, module, stored) for number, data in raw.items()}
+        decoded = raw if stored in UNCOMPRESSED else {
+            number: self._decode(instance_id, number, data, module, stored) for number, data in raw.items()}
+        if choice.encode:
+            decoded = {number: encode_frame(data, module, choice.encode) for number, data in decoded.items()}
         return [decoded[number] for number in numbers]
 
     def _decode(self, instance_id: str, number: int, data: bytes, module: Dataset, stored: str) -> bytes:
