@@ -950,16 +950,9 @@ def measure_storage_once(servers: Servers, config: Config, files: list[RealFile]
             if log_lines:
                 result["log_problems"] = log_lines[:10]
         finally:
-            code = crashed_code(server)
-            if code is not None:
-                result["crashed"] = code
-            servers.stop()
-    except Invalid as error:
-        result["problems"].append(str(error))
-        if isinstance(error, StartFailed):
-            result["start_failed"] = str(error)
-    except (RuntimeError, requests.RequestException, OSError, ValueError, KeyError) as error:
-        result["problems"].append(f"{type(error).__name__}: {error}")
+            stop_recording_crash(result, servers, server)
+    except MEASUREMENT_ERRORS as error:
+        record_failure(result, error)
     return result
 
 
@@ -1118,17 +1111,31 @@ def measure_memory_once(servers: Servers, config: Config, big: Workload, warmup:
                     result["problems"] += problems
                 result["disk"] = disk_usage(storage_dir(server))
         finally:
-            code = crashed_code(server)
-            if code is not None:
-                result["crashed"] = code
-            servers.stop()
-    except Invalid as error:
+            stop_recording_crash(result, servers, server)
+    except MEASUREMENT_ERRORS as error:
+        record_failure(result, error)
+    return result
+
+
+MEASUREMENT_ERRORS = (Invalid, RuntimeError, requests.RequestException, OSError, ValueError, KeyError)
+
+
+def stop_recording_crash(result: dict, servers, server) -> None:
+    """Stop the measurement's Orthanc, noting in the result whether it had crashed."""
+    code = crashed_code(server)
+    if code is not None:
+        result["crashed"] = code
+    servers.stop()
+
+
+def record_failure(result: dict, error: Exception) -> None:
+    """A measurement that could not finish: why, in its result (a start failure named as such)."""
+    if isinstance(error, Invalid):
         result["problems"].append(str(error))
         if isinstance(error, StartFailed):
             result["start_failed"] = str(error)
-    except (RuntimeError, requests.RequestException, OSError, ValueError, KeyError) as error:
+    else:
         result["problems"].append(f"{type(error).__name__}: {error}")
-    return result
 
 
 def profile_in_process(path: str, repeat: int) -> dict:
