@@ -28,14 +28,13 @@ from typing import Callable
 from pydicom import dcmread, dcmwrite
 
 from .dicom.assign import REASON_COERCE, assign_identity
-from .errors import PatientRejected
 from .history import HistoryEntry, IngestHistory
 from .metrics import Metrics
 from .per_thread import PerThread
 from .reconcile import REJECTED, UNCHANGED, Decision, Identity, OwnersNotLoaded, Reconciler
 from .storage.area import Written
 from .storage.arrival import decode_htj2k_arrival
-from .storage.layout import text, top_level_values
+from .storage.layout import Meta, meta_or_none, text, top_level_values
 
 log = logging.getLogger("neuronova.ingest")
 
@@ -54,11 +53,11 @@ _PATIENT_TAGS = {0x00100020: "patient_id", 0x00100021: "issuer", 0x00100010: "na
 _WANTED = frozenset({_SOP_UID, _STUDY_UID, *_PATIENT_TAGS})
 
 
-def read_identity(dicom: bytes) -> tuple[str, Identity]:
+def read_identity(dicom: bytes, meta: Meta | None) -> tuple[str, Identity]:
     """(SOP Instance UID, patient identity) from the header only. This runs in Orthanc's serialized
     received-instance callback: Explicit VR Little Endian ASCII headers are read by the storage
     walker, stopping after StudyInstanceUID; anything else by pydicom."""
-    values = top_level_values(dicom, _WANTED, _STUDY_UID)
+    values = top_level_values(dicom, _WANTED, _STUDY_UID, meta)
     if values is not None and all(value.isascii() for value in values.values()):
         fields = {name: text(values.get(tag, b"")) for tag, name in _PATIENT_TAGS.items()}
         return text(values.get(_SOP_UID, b"")), Identity(study_uid=text(values.get(_STUDY_UID, b"")), **fields)
@@ -101,6 +100,7 @@ class _Pending:
     target: dict[str, str] | None = None  # the reconciled patient tags to write, when they change
     retry: bool = False  # refused for now (Orthanc is starting): the sender gets a status it retries
     by_filter: bool = False  # decided in the C-STORE filter (Orthanc calling it before the callback)
+    awaiting_filter: bool = False  # decided by the received-instance callback for the filter that follows
 
     def matches(self, dicom: bytes) -> bool:
         """Is this the instance decided? Its SOP Instance UID is in the file meta, near the start."""
@@ -137,9 +137,11 @@ class Ingest:
         pending = self._pending.pop()
         started = self._clock()
         try:
-            data = decode_htj2k_arrival(dicom)  # HTJ2K is decoded for the core, compressed again on disk
+            meta = meta_or_none(dicom)  # read once: this callback runs one instance at a time
+            data = decode_htj2k_arrival(dicom, meta.syntax if meta else "")  # compressed again on disk
             if not (path == "dicom" and pending is not None and pending.by_filter and pending.matches(dicom)):
-                pending = self._decide(data, path, reconcile, started)
+                pending = self._decide(data, path, reconcile, started, meta if data is dicom else meta_or_none(data))
+            pending.awaiting_filter = path == "dicom" and not pending.by_filter
             rewritten = rewrite_identity(data, pending.target) if pending.target else None
         except Exception:
             log.exception("Ingest of an instance received by %s failed; stored as received", path)
@@ -152,9 +154,9 @@ class Ingest:
             return MODIFY, rewritten
         return (MODIFY, data) if data is not dicom else (KEEP, None)
 
-    def _decide(self, dicom: bytes, path: str, reconcile: bool, started: float) -> _Pending:
+    def _decide(self, dicom: bytes, path: str, reconcile: bool, started: float, meta: Meta | None) -> _Pending:
         try:
-            sop, identity = read_identity(dicom)
+            sop, identity = read_identity(dicom, meta)
         except Exception as error:  # Orthanc parsed it, pydicom cannot: store it as it came, say so
             entry = HistoryEntry(path, "", "", "", "", "", UNCHANGED, "", "", len(dicom), len(dicom), 0.0,
                                  f"header unreadable: {error}")
@@ -191,19 +193,21 @@ class Ingest:
             upload.retry = retry
         return _Pending(sop, entry, reason if rejected else None, started, target, retry=retry)
 
-    def cstore_filter(self, dicom: bytes, calling_aet: str) -> int:
+    def cstore_filter(self, instance_data: Callable[[], bytes], calling_aet: str) -> int:
         """The DIMSE answer for one C-STORE instance: 0, or the refusal status. Orthanc 1.10 calls the
-        received-instance callback first (its decision is used); were the filter called first, it
-        decides here and the callback uses that decision."""
+        received-instance callback first (its decision is used, the instance is not copied again);
+        were the filter called first, it decides here and the callback uses that decision."""
         pending = self._pending.get()
-        if pending is None or not pending.matches(dicom):
+        if pending is None or not pending.awaiting_filter:
             try:
-                pending = self._decide(dicom, "dicom", True, self._clock())
+                dicom = instance_data()
+                pending = self._decide(dicom, "dicom", True, self._clock(), meta_or_none(dicom))
             except Exception:
                 log.exception("Ingest of an instance from %s failed; stored as received", calling_aet)
                 return CSTORE_ACCEPT
             pending.by_filter = True
             self._pending.set(pending)
+        pending.awaiting_filter = False
         pending.entry = replace(pending.entry, remote=calling_aet)
         if pending.rejection is None:
             return CSTORE_ACCEPT

@@ -15,7 +15,7 @@ from .api import Api
 from .http import Request, Response, answer
 from .config import Settings, load_settings
 from .directory import EmbeddedRegistry, PatientDirectory
-from .errors import BadRequest, CoreCannotAnswer, NeuroNovaError, NotFound, StoreRejected
+from .errors import BadRequest, CoreCannotAnswer, NotFound, StoreRejected
 from .history import IngestHistory
 from .ingest import DISCARD, MODIFY, Ingest
 from .metrics import Metrics
@@ -80,7 +80,7 @@ def start(sdk) -> None:
     _register_storage_area(sdk, area)
     sdk.RegisterReceivedInstanceCallback(_received_instance_callback(sdk, ingest))
     sdk.RegisterIncomingCStoreInstanceFilter(
-        lambda instance: ingest.cstore_filter(instance.GetInstanceData(), instance.GetInstanceRemoteAet()))
+        lambda instance: ingest.cstore_filter(instance.GetInstanceData, instance.GetInstanceRemoteAet()))
     sdk.RegisterOnStoredInstanceCallback(_on_stored(ingest, area))
     load_owners = threading.Thread(target=_load_study_owners, args=(pacs, owners), name="neuronova-owners",
                                    daemon=True)

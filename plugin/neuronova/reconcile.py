@@ -88,8 +88,7 @@ class StudyOwners:
         self._by_orthanc_id: dict[str, str] = {}
         self._early: list[tuple[str, dict[str, str]]] = []  # claims made before load (not decided ones)
         self._lock = threading.Lock()
-        self._loaded = False
-        self._loaded_event = threading.Event()
+        self._loaded = threading.Event()
         if studies is not None:
             self.load(studies)
 
@@ -99,19 +98,18 @@ class StudyOwners:
             for study_uid, tags in [*studies.items(), *self._early]:
                 self._claim(study_uid, tags)
             self._early.clear()
-            self._loaded = True
-        self._loaded_event.set()
+            self._loaded.set()
 
     def __call__(self, study_uid: str) -> dict[str, str] | None:
-        self._loaded_event.wait(self.LOAD_WAIT_SECONDS)
+        self._loaded.wait(self.LOAD_WAIT_SECONDS)
         with self._lock:
-            if not self._loaded:
+            if not self._loaded.is_set():
                 raise OwnersNotLoaded("the patients of the stored studies are not read yet (Orthanc is starting)")
             return self._owners.get(study_uid)
 
     def claim(self, study_uid: str, tags: dict[str, str]) -> None:
         with self._lock:
-            if self._loaded:
+            if self._loaded.is_set():
                 self._claim(study_uid, tags)
             else:
                 self._early.append((study_uid, dict(tags)))
@@ -128,9 +126,6 @@ class StudyOwners:
             if study_uid is not None:
                 self._owners.pop(study_uid, None)
 
-    def __len__(self) -> int:
-        return len(self._owners)
-
 
 @dataclass
 class _Arrival:
@@ -145,7 +140,6 @@ class Reconciler:
         self.directory = directory
         self.settings = settings
         self.study_owners = study_owners
-        self._study_owner = study_owners
         self._clock = clock
         self._lock = threading.Lock()
         self._arrivals: dict[tuple[str, str, str], _Arrival] = {}
@@ -167,7 +161,7 @@ class Reconciler:
         """A person chose this instance's patient: accepted, unless its study is stored under another
         patient (following would overrule the person, storing would split the study)."""
         with self._lock:
-            owner = self._study_owner(identity.study_uid)
+            owner = self.study_owners(identity.study_uid)
             if owner is not None and owner["PatientID"] != identity.patient_id:
                 return Decision(REJECTED, None, (
                     f"study {identity.study_uid} is already stored under patient {owner['PatientID']}: "
@@ -189,7 +183,7 @@ class Reconciler:
         else:
             decision = Decision(UNMATCHED, None, f"patient {identity.patient_id!r} is not known to the EMR directory")
 
-        owner = self._study_owner(identity.study_uid)
+        owner = self.study_owners(identity.study_uid)
         if owner is None or owner["PatientID"] == decision.patient_after(identity):
             return decision
         if decision.action == UNVERIFIED:  # not a conflict: the EMR cannot say, the stored study can

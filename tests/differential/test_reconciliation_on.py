@@ -89,6 +89,16 @@ def test_uploads_unchanged(reconciled):
         assert_same(f"GET {path} ({name})", *pair.both(lambda server: server.get(path).json()))
 
 
+def _posted_to_both(pair, path: str, body: dict):
+    """POST the same JSON to both servers: same status, plain's 200, the same (masked) answer."""
+    plain, plugin = pair.both(lambda server: server.post(path, json=body))
+    what = f"POST {path} {json.dumps(body)}"
+    _status(what, plain, plugin)
+    assert plain.status_code == 200, f"{what}: plain {plain.status_code} {plain.text[:300]}"
+    assert_same(what + " answer", _masked(plain.json()), _masked(plugin.json()))
+    return what, plain, plugin
+
+
 def test_anonymized_copy_keeping_study_uid(reconciled):
     """An anonymized copy of a study that keeps its StudyInstanceUID: the copy keeps the anonymized PatientID and
     PatientName on both (it must not follow the original study's patient), the original stays."""
@@ -96,11 +106,7 @@ def test_anonymized_copy_keeping_study_uid(reconciled):
     study = stored["MR_small.dcm"]["ParentStudy"]
     body = {"Keep": ["StudyInstanceUID"], "Force": True}
     path = f"/studies/{study}/anonymize"
-    plain, plugin = pair.both(lambda server: server.post(path, json=body))
-    what = f"POST {path} {json.dumps(body)}"
-    _status(what, plain, plugin)
-    assert plain.status_code == 200, f"{what}: plain {plain.status_code} {plain.text[:300]}"
-    assert_same(what + " answer", _masked(plain.json()), _masked(plugin.json()))
+    what, plain, plugin = _posted_to_both(pair, path, body)
     copies = (plain.json()["ID"], plugin.json()["ID"])
     tags = [server.get(f"/studies/{copy}").json() for (_, server), copy in zip(pair.servers(), copies)]
     patients = [t["PatientMainDicomTags"] for t in tags]
@@ -122,11 +128,7 @@ def test_patient_modify_without_keep_source(reconciled):
     body = {"Replace": {"PatientID": "DIFF-RECONCILED-1", "PatientName": "Moved^Patient"}, "KeepSource": False,
             "Force": True}
     path = f"/patients/{patient}/modify"
-    plain, plugin = pair.both(lambda server: server.post(path, json=body))
-    what = f"POST {path} {json.dumps(body)}"
-    _status(what, plain, plugin)
-    assert plain.status_code == 200, f"{what}: plain {plain.status_code} {plain.text[:300]}"
-    assert_same(what + " answer", _masked(plain.json()), _masked(plugin.json()))
+    what, plain, plugin = _posted_to_both(pair, path, body)
     new = (plain.json()["ID"], plugin.json()["ID"])
     counts = [len(server.get(f"/patients/{patient_id}/instances").json())
               for (_, server), patient_id in zip(pair.servers(), new)]
@@ -145,11 +147,7 @@ def test_patient_anonymize_with_keep(reconciled):
     body = {"Keep": ["PatientSex", "StudyDescription"], "Replace": {"PatientName": "Anon^Reconciled"},
             "Transcode": "1.2.840.10008.1.2.1"}  # rtplan.dcm is Implicit VR
     path = f"/patients/{patient}/anonymize"
-    plain, plugin = pair.both(lambda server: server.post(path, json=body))
-    what = f"POST {path} {json.dumps(body)}"
-    _status(what, plain, plugin)
-    assert plain.status_code == 200, f"{what}: plain {plain.status_code} {plain.text[:300]}"
-    assert_same(what + " answer", _masked(plain.json()), _masked(plugin.json()))
+    what, plain, plugin = _posted_to_both(pair, path, body)
     new = (plain.json()["ID"], plugin.json()["ID"])
     snapshots = [instances_snapshot(server, "patients", patient_id, KNOWN, SOURCE_IDS)
                  for (_, server), patient_id in zip(pair.servers(), new)]

@@ -5,7 +5,6 @@ GDCM 1.5 it killed Orthanc for several syntaxes (measured)."""
 
 from __future__ import annotations
 
-from io import BytesIO
 
 import imagecodecs
 import numpy as np
@@ -17,7 +16,6 @@ from pydicom.uid import (
     UID,
     HTJ2KLossless,
     HTJ2KLosslessRPCL,
-    ExplicitVRLittleEndian,
     JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -102,7 +100,6 @@ DECODERS = {
     JPEGLossless: _jpeg_lossless,
     JPEGLosslessSV1: _jpeg_lossless,
 }
-SUPPORTED = frozenset(DECODERS) | {RLELossless, ExplicitVRLittleEndian}
 
 
 def _photometric(dataset: pydicom.Dataset) -> str:

@@ -15,19 +15,15 @@ from pydicom.encaps import generate_fragmented_frames
 from pydicom.uid import ExplicitVRLittleEndian
 
 from .codec import htj2k
-from .layout import LayoutError, read_meta
 
 log = logging.getLogger("neuronova.storage")
 
 LOSSLESS_HTJ2K = frozenset({"1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202"})
 
 
-def decode_htj2k_arrival(dicom: bytes) -> bytes:
-    """The instance decoded for Orthanc's core when it is lossless HTJ2K, else `dicom` itself."""
-    try:
-        syntax = read_meta(dicom).syntax
-    except LayoutError:
-        return dicom  # Orthanc parsed it; whatever it is, it is not ours to decode
+def decode_htj2k_arrival(dicom: bytes, syntax: str) -> bytes:
+    """The instance (of this transfer syntax) decoded for Orthanc's core when it is lossless HTJ2K,
+    else `dicom` itself."""
     if syntax not in LOSSLESS_HTJ2K:
         return dicom
     dataset = pydicom.dcmread(BytesIO(dicom))

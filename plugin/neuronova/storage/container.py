@@ -38,7 +38,7 @@ from pydicom.uid import (
     UID,
 )
 
-from .codec import htj2k, j2k
+from .codec import BY_SYNTAX, htj2k, j2k
 from .layout import (
     PHOTOMETRIC,
     PLANAR_CONFIGURATION,
@@ -56,7 +56,6 @@ log = logging.getLogger("neuronova.storage")
 
 #: What the storage area may compress: the uncompressed syntaxes whose bytes can be rebuilt exactly.
 PACKABLE_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian})
-BACKENDS_BY_SYNTAX = {str(htj2k.TRANSFER_SYNTAX): htj2k, str(j2k.TRANSFER_SYNTAX): j2k}
 
 _GROUP = 0x7FE3
 _CREATOR = b"NEURONOVA RESTORE "  # LO, even length
@@ -566,7 +565,7 @@ def restore_chunks(stored, recipe: Recipe | None = None) -> Iterator[bytes | mem
         elif op[0] == _LITERAL:
             yield literals[op[1]:op[1] + op[2]]
         else:
-            backend = BACKENDS_BY_SYNTAX.get(recipe.syntax)
+            backend = BY_SYNTAX.get(recipe.syntax)
             if backend is None:
                 raise ContainerError(f"container syntax {recipe.syntax} has no decoder")
             for index, ((offset, length), residual) in enumerate(zip(recipe.fragments, recipe.residuals)):

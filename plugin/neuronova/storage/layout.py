@@ -141,14 +141,19 @@ def read_image(data: bytes, meta: Meta) -> Image:
     return _read_with_pydicom(data)
 
 
-def top_level_values(data: bytes, tags: frozenset[int], last: int) -> dict[int, bytes] | None:
-    """The raw values of these top-level elements of an Explicit VR Little Endian file, walking no
-    further than tag `last`; None when the walker cannot read the file (then pydicom does)."""
+def meta_or_none(data: bytes) -> Meta | None:
+    """The file meta, or None when the file has none this walker reads (Orthanc parsed it anyway)."""
     try:
-        meta = read_meta(data)
+        return read_meta(data)
     except LayoutError:
         return None
-    if meta.syntax != ExplicitVRLittleEndian:
+
+
+def top_level_values(data: bytes, tags: frozenset[int], last: int, meta: Meta | None) -> dict[int, bytes] | None:
+    """The raw values of these top-level elements of an Explicit VR Little Endian file (`meta`: its
+    file meta, read once by the caller), walking no further than tag `last`; None when the walker
+    cannot read the file (then pydicom does)."""
+    if meta is None or meta.syntax != ExplicitVRLittleEndian:
         return None
     found, pos = {}, meta.end
     try:

@@ -34,6 +34,6 @@ def missing_in_imagecodecs(module, label: str, codec: str, library: str, functio
 
 from . import htj2k, j2k  # noqa: E402  (the backends import CodecUnavailable from here)
 
-BACKENDS = {htj2k.NAME: htj2k, j2k.NAME: j2k}
+BY_SYNTAX = {str(backend.TRANSFER_SYNTAX): backend for backend in (htj2k, j2k)}
 
-__all__ = ["BACKENDS", "CodecUnavailable", "htj2k", "j2k"]
+__all__ = ["BY_SYNTAX", "CodecUnavailable", "htj2k", "j2k"]
