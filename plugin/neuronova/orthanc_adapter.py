@@ -187,6 +187,7 @@ class OrthancPacs:
         self.area = area
         self._orthanc_config = orthanc_config
         self._in_process: bool | None = None
+        self._plus_as_space: bool | None = None
         scheme = "https" if orthanc_config.get("SslEnabled") else "http"
         self._base_url = f"{scheme}://127.0.0.1:{orthanc_config.get('HttpPort', 8042)}"
         self._token = sdk.GenerateRestApiAuthorizationToken()
@@ -248,6 +249,16 @@ class OrthancPacs:
         if self._in_process is None:
             self._in_process = _sdk_releases_the_gil(self.sdk, self._orthanc_config)
         return self._in_process
+
+    def plus_arrives_as_space(self) -> bool:
+        """Orthanc 1.12 hands "+7" of a URI over as " 7" (MISSION.md); 1.10 as it is. Asked once."""
+        if self._plus_as_space is None:
+            version = json.loads(self.core_get("/system")).get("Version", "")
+            try:
+                self._plus_as_space = tuple(int(part) for part in version.split(".")[:2]) >= (1, 12)
+            except ValueError:  # "mainline": a recent Orthanc
+                self._plus_as_space = True
+        return self._plus_as_space
 
     def core_get(self, uri: str) -> bytes:
         """Orthanc's built-in answer (never "AfterPlugins", which would call the plugin's routes again)."""

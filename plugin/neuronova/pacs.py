@@ -16,6 +16,9 @@ class Pacs(Protocol):
     def kept_codestreams(self, instance_id: str) -> tuple[str, list] | None:
         """(syntax, one codestream per frame) when the storage area keeps the instance as HTJ2K."""
 
+    def plus_arrives_as_space(self) -> bool:
+        """Does Orthanc hand a "+" of a request's path over as a space (1.12 does, 1.10 does not)?"""
+
     def core_get(self, uri: str) -> bytes:
         """Orthanc's own answer to GET uri (query string allowed), bypassing the plugin's routes."""
 

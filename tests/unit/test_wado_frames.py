@@ -91,6 +91,12 @@ def test_frame_lists(text, expected):
     assert parse_frame_list(text) == expected
 
 
+def test_orthanc_1_12_hands_a_plus_over_as_a_space():
+    assert parse_frame_list(" 7,3", plus_as_space=True) == [7, 3]
+    with pytest.raises(BadRequest):
+        parse_frame_list(" 7")  # Orthanc 1.10 keeps "+": a space there is the client's
+
+
 @pytest.mark.parametrize("text", ["0", "-1", "1,x", "1,,2", "1,", " 1", "1.5", "99999999999", "1;2"])
 def test_malformed_frame_lists_are_bad_requests(text):
     with pytest.raises(BadRequest):

@@ -180,16 +180,19 @@ def parse_accept(header: str | None) -> list[MediaRange]:
     return sorted(ranges, key=lambda media_range: -media_range.quality)
 
 
-def parse_frame_list(text: str | None) -> list[int] | None:
+def parse_frame_list(text: str | None, plus_as_space: bool = False) -> list[int] | None:
     """Frame numbers from 1, in the order given (repeats kept); None for every frame.
 
     As the DICOMweb plugin: comma-separated (``%2C`` too), each an integer (sign allowed, no
-    spaces), at least 1; anything else is a 400.
+    spaces), at least 1; anything else is a 400. ``plus_as_space``: Orthanc (1.12) hands a ``+`` of
+    the URI over as a space, so a leading space is the sign.
     """
     if text is None or text == "":
         return None
     numbers = []
     for token in text.lower().replace("%2c", ",").split(","):
+        if plus_as_space and token.startswith(" "):
+            token = "+" + token[1:]
         if not _FRAME_NUMBER.fullmatch(token) or not -2 ** 31 <= int(token) < 2 ** 31:
             raise BadRequest(f"frame list: {token!r} is not a frame number")
         if int(token) <= 0:
@@ -340,7 +343,8 @@ class WadoFrameRoutes:
     def frames(self, request: Request) -> Response:
         allow(request, "GET")
         study, series, sop = request.groups[:3]
-        numbers = parse_frame_list(request.groups[3] if len(request.groups) > 3 else None)
+        numbers = parse_frame_list(request.groups[3] if len(request.groups) > 3 else None,
+                                   self.pacs.plus_arrives_as_space())
         instance_id = self.locate(study, series, sop)
         stored = self.pacs.transfer_syntax(instance_id)
         kept = self.pacs.kept_codestreams(instance_id)
