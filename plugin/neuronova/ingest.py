@@ -218,13 +218,14 @@ class Ingest:
         self._finish(pending, None)
         return CSTORE_OUT_OF_RESOURCES if pending.retry else self.reconciler.settings.reject_status
 
-    def stored(self, written: Written | None, remote_aet: str = "") -> None:
-        """The stored-instance callback: the history row, with what the storage area wrote."""
+    def stored(self, written: Written | None, remote_aet: Callable[[], str] = str) -> None:
+        """The stored-instance callback: the history row, with what the storage area wrote. Orthanc is
+        asked for the sender's AE title only for a C-STORE the filter has not named (an SDK call)."""
         pending = self._pending.pop()
         if pending is None:  # stored without the received-instance callback (cannot happen in 1.10 / 1.12)
             return
-        if remote_aet and not pending.entry.remote:
-            pending.entry = replace(pending.entry, remote=remote_aet)
+        if pending.entry.path == "dicom" and not pending.entry.remote:
+            pending.entry = replace(pending.entry, remote=remote_aet())
         self._finish(pending, written)
 
     def _finish(self, pending: _Pending, written: Written | None) -> None:

@@ -3,6 +3,7 @@ routes and callbacks that delegate to the plain-Python package."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import threading
@@ -84,7 +85,8 @@ def start(sdk) -> None:
     sdk.RegisterOnStoredInstanceCallback(_on_stored(ingest, area))
     load_owners = threading.Thread(target=_load_study_owners, args=(pacs, owners), name="neuronova-owners",
                                    daemon=True)
-    sdk.RegisterOnChangeCallback(_on_change(sdk, background, history, ledger, reconciler, load_owners.start))
+    sdk.RegisterOnChangeCallback(_on_change(sdk, background, history, ledger, metrics, reconciler,
+                                            load_owners.start))
     background.start()
     log.info("started: directory %s, storage %s (compression %s, %s), reconciliation %s",
              settings.directory.backend, settings.storage.root, settings.storage.pack.target, settings.storage.when,
@@ -142,21 +144,28 @@ def _on_stored(ingest: Ingest, area: StorageArea):
     def on_stored(instance, instance_id):
         written = area.take_written()
         try:
-            ingest.stored(written, instance.GetInstanceRemoteAet())
+            ingest.stored(written, instance.GetInstanceRemoteAet)
         finally:
             if written is not None and written.packed.outcome == "pending" and area.enqueue is not None:
                 area.enqueue(written.uuid)
     return on_stored
 
 
-def _on_change(sdk, background: BackgroundCompressor, history: IngestHistory, ledger: Ledger,
+def _on_change(sdk, background: BackgroundCompressor, history: IngestHistory, ledger: Ledger, metrics: Metrics,
                reconciler: Reconciler, started):
+    """Orthanc calls this for every change (NEW_INSTANCE for each instance): it does nothing else."""
+    changes = sdk.ChangeType
+    started_change, deleted, stopped = changes.ORTHANC_STARTED, changes.DELETED, changes.ORTHANC_STOPPED
+    study = sdk.ResourceType.STUDY
+
     def on_change(change_type, level, resource):
-        if change_type == sdk.ChangeType.ORTHANC_STARTED:
+        if change_type == deleted:
+            if level == study:
+                reconciler.study_owners.release(resource)  # Orthanc signals each deleted study (measured on 1.10)
+        elif change_type == started_change:
             started()  # the plugin may call the database from now on
-        elif change_type == sdk.ChangeType.DELETED and level == sdk.ResourceType.STUDY:
-            reconciler.study_owners.release(resource)  # Orthanc signals each deleted study (measured on 1.10)
-        elif change_type == sdk.ChangeType.ORTHANC_STOPPED:
+        elif change_type == stopped:
+            metrics.stop()
             background.stop()
             history.close()
             ledger.close()
@@ -366,9 +375,17 @@ def _on_a_job_thread() -> bool:
     and STOW-RS uploads come on HTTP threads, which civetweb names "civetweb-worker". An incoming HTTP
     request filter cannot tell: Orthanc runs it under the lock of the received-instance callback,
     which would serialize every HTTP request with ingest (measured)."""
-    try:
-        with open(f"/proc/self/task/{threading.get_native_id()}/comm", encoding="ascii", errors="replace") as comm:
-            name = comm.read().strip()
-    except OSError:
-        return False
+    name = _current_thread_name()
     return name == "Orthanc" or name.upper().startswith("JOB")
+
+
+_PR_GET_NAME = 16
+_LIBC = ctypes.PyDLL(None)  # PyDLL: the call keeps the GIL (a CDLL call would hand it to another thread)
+
+
+def _current_thread_name() -> str:
+    """The calling thread's operating-system name (prctl PR_GET_NAME: one system call, no file)."""
+    name = ctypes.create_string_buffer(16)
+    if _LIBC.prctl(_PR_GET_NAME, name, 0, 0, 0) != 0:
+        return ""
+    return name.value.decode("ascii", "replace")

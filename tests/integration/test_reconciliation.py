@@ -9,7 +9,7 @@ from pynetdicom.sop_class import MRImageStorage
 
 from support.dicom_files import make_series, parse
 from support.dicom_net import storescu
-from support.servers import OrthancServer
+from support.servers import OrthancServer, wait_until
 
 HONG_LOCAL = {"PatientID": "CT1-0042", "IssuerOfPatientID": "SCANNER-CT1", "PatientName": "HONG^GD",
               "PatientBirthDate": "", "PatientSex": ""}
@@ -30,6 +30,15 @@ def metric(pacs, name: str) -> float:
     match = re.search(rf"^{name} ([0-9.e+]+)", text, re.MULTILINE)
     assert match, f"{name} missing from /tools/metrics-prometheus"
     return float(match.group(1))
+
+
+def metric_reaches(pacs, name: str, expected: float) -> float:
+    """The plugin publishes its counters within half a second of a change (one publishing thread)."""
+    try:
+        wait_until(lambda: metric(pacs, name) == expected, 5, f"{name} == {expected}", interval=0.1)
+    except TimeoutError:
+        pass
+    return metric(pacs, name)
 
 
 def stored(pacs, sop_instance_uid):
@@ -130,9 +139,10 @@ def test_history_filters_and_limit(pacs, tmp_path):
 
 
 def test_metrics_appear_in_orthancs_prometheus_endpoint(pacs, tmp_path):
-    before = metric(pacs, "neuronova_transcoded")
+    published = re.search(r"^neuronova_transcoded ([0-9.e+]+)", pacs.get("/tools/metrics-prometheus").text, re.MULTILINE)
+    before = float(published.group(1)) if published else 0.0  # none yet when this test runs first
     assert storescu(pacs.dicom_port, make_series(tmp_path, 2, PatientID="LOCAL-1")).returncode == 0
-    assert metric(pacs, "neuronova_transcoded") == before + 2
+    assert metric_reaches(pacs, "neuronova_transcoded", before + 2) == before + 2
     for name in ("neuronova_instances_unmatched", "neuronova_instances_coerced", "neuronova_bytes_saved",
                  "neuronova_stored_bytes", "neuronova_received_bytes", "neuronova_emr_lookup_errors", "neuronova_transcode_failures"):
         metric(pacs, name)
