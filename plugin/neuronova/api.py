@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import datetime
-import json
 
 from .config import Settings
 from .directory import PatientDirectory, patient_from_json
 from .directory.model import validate_patient_id
-from .errors import BadRequest, MethodNotAllowed, NotFound
+from .errors import BadRequest, MethodNotAllowed, NotFound, UnsupportedMediaType
 from .history import IngestHistory
-from .http import Handler, Request, Response, allow, json_response, query_limit
+from .http import (Handler, Request, Response, allow, content_type, json_body, json_response, query_limit,
+                   require_content_type)
 from .ingest import Ingest
 from .pacs import Pacs
 from .reconcile import ACTIONS
@@ -19,6 +19,11 @@ from .upload import UploadService
 from .dicomweb.frames import WadoFrameRoutes
 from .storage.background import BackgroundCompressor
 from .storage.ledger import Ledger
+
+
+# A body sent without a type is accepted (curl --data-binary -H ''), never a form type a page of
+# another site could send without asking (http.CROSS_SITE_FORM_TYPES).
+UPLOAD_TYPES = ("application/dicom", "application/zip", "application/x-zip-compressed", "application/octet-stream", "")
 
 
 class Api:
@@ -66,20 +71,16 @@ class Api:
             return json_response(200, {"success": True, "patient": patient.to_json()})
         if not self.directory.writable:
             raise MethodNotAllowed("this EMR directory is read-only: change patients in the EMR itself", ("GET",))
-        try:
-            payload = json.loads(request.body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise BadRequest(f"body: must be JSON: {error}") from None
-        patient = patient_from_json(patient_id, payload)
+        patient = patient_from_json(patient_id, json_body(request))
         created = self.directory.put(patient)
         return json_response(201 if created else 200, {"success": True, "created": created, "patient": patient.to_json()})
 
     def upload(self, request: Request) -> Response:
         allow(request, "POST")
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type == "multipart/form-data":
-            raise BadRequest("multipart/form-data is not supported by Orthanc plugins: send the file as the raw "
-                             "body with Content-Type application/dicom or application/zip")
+        if content_type(request) == "multipart/form-data":
+            raise UnsupportedMediaType("multipart/form-data is not supported by Orthanc plugins: send the file as "
+                                       "the raw body with Content-Type application/dicom or application/zip")
+        require_content_type(request, *UPLOAD_TYPES)
         status, payload = self.uploads.upload(request.body, request.groups[0] if request.groups else None)
         return json_response(status, payload)
 

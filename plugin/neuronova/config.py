@@ -83,6 +83,15 @@ class Settings:
     history_database: str = ""
     ledger_database: str = ""
     dicomweb: DicomWebSettings = field(default_factory=DicomWebSettings)
+    requests: RequestSettings = field(default_factory=lambda: RequestSettings(16))
+
+
+@dataclass(frozen=True)
+class RequestSettings:
+    """NeuroNova.Requests: how many plugin requests run at once (the rest get 503 with Retry-After)."""
+
+    concurrent: int  # "Concurrent"; by default a third of Orthanc's HttpThreadsCount (a route may need a second)
+    retry_after: int = 2  # "RetryAfterSeconds"
 
 
 class _Section:
@@ -229,6 +238,17 @@ def load_settings(orthanc_config: dict) -> Settings:
     )
     reconciliation.done()
 
+    requests_section = root.section("Requests")
+    http_threads = orthanc_config.get("HttpThreadsCount", 50)
+    http_threads = http_threads if isinstance(http_threads, int) and http_threads > 0 else 50
+    request_settings = RequestSettings(
+        concurrent=requests_section.get("Concurrent", int, max(2, http_threads // 3),
+                                        lambda v: 1 <= v <= max(1, http_threads // 2),
+                                        f"must be between 1 and half of HttpThreadsCount ({http_threads // 2})"),
+        retry_after=requests_section.get("RetryAfterSeconds", int, 2, _positive, "must be positive"),
+    )
+    requests_section.done()
+
     history = root.section("History")
     history_database = history.get("Database", str, "") or os.path.join(storage, "neuronova", "history.sqlite")
     history.done()
@@ -240,4 +260,4 @@ def load_settings(orthanc_config: dict) -> Settings:
                               "area itself, where Orthanc's core never looks")
     return Settings(directory_settings, upload_settings, storage_settings, background_settings, reconcile_settings,
                     history_database, os.path.join(storage, "neuronova", "storage.sqlite"),
-                    DicomWebSettings.from_orthanc(orthanc_config.get("DicomWeb")))
+                    DicomWebSettings.from_orthanc(orthanc_config.get("DicomWeb")), request_settings)

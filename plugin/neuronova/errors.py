@@ -60,6 +60,32 @@ class NotReady(NeuroNovaError):
     dimse_status = 0xA700
 
 
+class Forbidden(NeuroNovaError):
+    http_status = 403
+
+
+class UnsupportedMediaType(NeuroNovaError):
+    http_status = 415
+
+
+class Overloaded(NeuroNovaError):
+    """More plugin requests at once than Orthanc's HTTP threads allow: answered at once, retried later."""
+
+    http_status = 503
+    dimse_status = 0xA700
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StorageFull(NeuroNovaError):
+    """The storage area's disk is full: nothing is wrong with the file."""
+
+    http_status = 507
+    dimse_status = 0xA700
+
+
 class StoreRejected(NeuroNovaError):
     """Orthanc refused to store an instance that we had accepted."""
 

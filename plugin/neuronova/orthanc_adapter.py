@@ -13,10 +13,10 @@ from urllib.parse import unquote_plus
 import requests
 
 from .api import Api
-from .http import Request, Response, answer
+from .http import Request, RequestGate, Response, answer
 from .config import Settings, load_settings
 from .directory import EmbeddedRegistry, PatientDirectory
-from .errors import BadRequest, CoreCannotAnswer, NotFound, StoreRejected
+from .errors import BadRequest, CoreCannotAnswer, NotFound, StorageFull, StoreRejected
 from .history import IngestHistory
 from .ingest import DISCARD, MODIFY, Ingest
 from .metrics import Metrics
@@ -74,8 +74,9 @@ def start(sdk) -> None:
     ingest = Ingest(reconciler, history, metrics)
     uploads = UploadService(directory, ingest, pacs.store, settings.upload)
     api = Api(settings, directory, uploads, pacs, ingest, history, ledger, background)
+    gate = RequestGate(settings.requests.concurrent, settings.requests.retry_after)
     for uri, route in api.routes():
-        sdk.RegisterRestCallback(uri, _rest_callback(sdk, route))
+        sdk.RegisterRestCallback(uri, _rest_callback(sdk, gate(route)))
     sdk.ExtendOrthancExplorer(explorer_extension_js())  # the "Upload DICOM" button
     sdk.SetRootUri("../neuronova/app/index.html")  # Explorer's Plugins page links to the dashboard
     _register_storage_area(sdk, area)
@@ -209,6 +210,9 @@ class OrthancPacs:
         except requests.RequestException as error:
             raise StoreRejected(f"Orthanc's REST API did not answer on loopback: {error}") from None
         if answer.status_code != 200:
+            if self.area.disk_full():
+                raise StorageFull("the storage area's disk is full: the file was not stored (nothing is wrong "
+                                  "with it); send it again once space is freed")
             raise StoreRejected(f"Orthanc refused to store the file (HTTP {answer.status_code}): {_detail(answer)}")
         return answer.json()
 

@@ -28,6 +28,13 @@ _IGNORED_ZIP_PREFIXES = ("__MACOSX/",)
 StoreFunction = Callable[[bytes], dict]
 
 
+def _member_failure(error: Exception) -> NeuroNovaError:
+    """An unexpected failure of one member, answered without internals (the log has its type)."""
+    log.error("ZIP member failed unexpectedly: %s", type(error).__name__)
+    log.debug("ZIP member failure", exc_info=error)
+    return BadRequest(f"this file could not be stored ({type(error).__name__})")
+
+
 class UploadService:
     def __init__(self, directory: PatientDirectory, ingest: Ingest, store: StoreFunction, settings: UploadSettings):
         self.directory = directory
@@ -60,7 +67,7 @@ class UploadService:
 
     def _store_one(self, data: bytes, patient: Patient | None) -> tuple[str, dict]:
         """(the instance's patient ID, Orthanc's answer) for one validated, assigned and stored file."""
-        dataset = read_dicom(data)
+        dataset = read_dicom(data, self.settings.max_member_bytes)
         sop_instance_uid = dataset.SOPInstanceUID
         if patient is not None:
             changed = assign_patient(dataset, patient)
@@ -88,8 +95,8 @@ class UploadService:
     def _upload_zip(self, body: bytes, patient: Patient | None) -> tuple[int, dict]:
         try:
             archive = zipfile.ZipFile(BytesIO(body))
-        except (zipfile.BadZipFile, ValueError) as error:
-            raise BadRequest(f"unreadable ZIP archive: {error}") from None
+        except Exception as error:  # zipfile raises many types for a damaged central directory
+            raise BadRequest(f"unreadable ZIP archive: {type(error).__name__}: {error}") from None
         members = [info for info in archive.infolist()
                    if not info.is_dir() and not info.filename.startswith(_IGNORED_ZIP_PREFIXES)]
         self._check_archive(members)
@@ -105,10 +112,12 @@ class UploadService:
                 patient_id, stored = self._store_one(data, patient)
                 results.append({"file": info.filename, "success": True, "patient_id": patient_id,
                                 "orthanc_response": stored})
-            except NeuroNovaError as error:
-                first_error = first_error or error
-                results.append({"file": info.filename, "success": False, "error": str(error)})
-                log.warning("ZIP member %s refused: %s", info.filename, error)
+            except Exception as error:  # one member's failure is its own result: the others go on
+                refusal = error if isinstance(error, NeuroNovaError) else _member_failure(error)
+                first_error = first_error or refusal
+                results.append({"file": info.filename, "success": False, "error": str(refusal)})
+                log.warning("ZIP member %d of %d refused (%s)", len(results), len(members), type(refusal).__name__)
+                log.debug("ZIP member %r refused: %s", info.filename, refusal)  # names may hold patient data
 
         stored_count = sum(result["success"] for result in results)
         failed_count = len(results) - stored_count
@@ -143,8 +152,8 @@ class UploadService:
         try:
             with archive.open(info) as member:
                 data = member.read(limit + 1)
-        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError, EOFError) as error:
-            raise BadRequest(f"cannot extract from the ZIP archive: {error}") from None
+        except Exception as error:  # corrupt deflate or LZMA streams, unsupported methods, encryption, bad CRC
+            raise BadRequest(f"cannot extract from the ZIP archive: {type(error).__name__}: {error}") from None
         if len(data) > limit:
             raise PayloadTooLarge(f"member inflates beyond {limit} bytes")
         return data

@@ -48,8 +48,10 @@ def test_put_creates_updates_and_validates(pacs):
     assert bad.status_code == 400 and bad.json()["error"].startswith("birth_date:")
     bad = pacs.put("/neuronova/patients/T-PUT-1", json={"name": "Doe^Jane", "gender": "f"})
     assert bad.status_code == 400 and bad.json()["error"].startswith("gender:")
-    bad = pacs.put("/neuronova/patients/T-PUT-1", data=b"{not json")
+    bad = pacs.put("/neuronova/patients/T-PUT-1", data=b"{not json", headers={"Content-Type": "application/json"})
     assert bad.status_code == 400 and bad.json()["error"].startswith("body:")
+    bad = pacs.put("/neuronova/patients/T-PUT-1", data=b'{"name": "Doe^Jane"}')  # curl -d: a form type
+    assert bad.status_code == 415 and "application/json" in bad.json()["error"]
 
 
 def test_wrong_method_is_a_405_with_allow(pacs):

@@ -1,5 +1,9 @@
 """The upload route inside a real Orthanc: assignment, audit trail, refusals that store nothing."""
 
+import io
+import struct
+import zipfile
+
 import pytest
 
 from support.dicom_files import make_zip, parse, read_bytes, tiny_jpeg
@@ -147,3 +151,61 @@ def test_assigning_a_file_of_a_stored_study_to_another_patient_is_a_409(pacs):
     answer = pacs.post("/neuronova/upload/P-2024-001235", data=buffer.getvalue(), headers=DICOM)
     assert answer.status_code == 409 and "already stored under patient P-2024-001234" in answer.json()["error"]
     assert len(pacs.instances()) == 1 and len(pacs.get("/patients").json()) == 1
+
+
+def _zip_with_damaged_members() -> tuple[bytes, list[str]]:
+    """A ZIP whose members fail in every way an archive can: the good ones must still be stored."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("first.dcm", read_bytes("CT_small.dcm"), compress_type=zipfile.ZIP_DEFLATED)
+        archive.writestr("corrupt-deflate.dcm", read_bytes("MR_small.dcm"), compress_type=zipfile.ZIP_DEFLATED)
+        archive.writestr("corrupt-lzma.dcm", read_bytes("MR_small.dcm"), compress_type=zipfile.ZIP_LZMA)
+        archive.writestr("unsupported.dcm", read_bytes("MR_small.dcm"), compress_type=zipfile.ZIP_STORED)
+        archive.writestr("last.dcm", read_bytes("rtplan.dcm"), compress_type=zipfile.ZIP_DEFLATED)
+    data = bytearray(buffer.getvalue())
+    for name in ("corrupt-deflate.dcm", "corrupt-lzma.dcm"):  # garble the middle of the compressed stream
+        with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
+            info = archive.getinfo(name)
+        start = info.header_offset + 30 + len(name.encode()) + len(info.extra)
+        for offset in range(start + 40, start + min(info.compress_size, 400)):
+            data[offset] ^= 0x5A
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:  # a compression method nobody implements
+        info = archive.getinfo("unsupported.dcm")
+    struct.pack_into("<H", data, info.header_offset + 8, 99)
+    for position in range(len(data) - 4):  # the central directory entry of that member as well
+        if data[position:position + 4] == b"PK\x01\x02" and data[position + 46:position + 46 + 15] == b"unsupported.dcm":
+            struct.pack_into("<H", data, position + 10, 99)
+    return bytes(data), ["first.dcm", "last.dcm"]
+
+
+def test_every_zip_member_gets_its_own_result_and_the_rest_goes_on(pacs):
+    archive, good = _zip_with_damaged_members()
+    answer = pacs.post("/neuronova/upload/P-2024-001234", data=archive, headers={"Content-Type": "application/zip"})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    results = {result["file"]: result for result in body["results"]}
+    assert [name for name, result in results.items() if result["success"]] == good
+    for name in ("corrupt-deflate.dcm", "corrupt-lzma.dcm", "unsupported.dcm"):
+        assert results[name]["success"] is False and "cannot extract from the ZIP archive" in results[name]["error"]
+        assert "Traceback" not in results[name]["error"] and "/" not in results[name]["error"].split(":")[0]
+    assert body["stored"] == 2 and body["failed"] == 3
+    assert len(pacs.instances()) == 2
+
+
+def test_a_zip_whose_names_cannot_be_decoded_is_a_clear_400(pacs):
+    archive = bytearray(make_zip({"ab.dcm": read_bytes("CT_small.dcm")}))
+    for header in (b"PK\x03\x04", b"PK\x01\x02"):  # flag bit 11 (names in UTF-8) over a name that is not
+        at = archive.find(header)
+        flags_at = at + (6 if header == b"PK\x03\x04" else 8)
+        struct.pack_into("<H", archive, flags_at, struct.unpack_from("<H", archive, flags_at)[0] | 0x800)
+    name_at = archive.rfind(b"ab.dcm")
+    archive[name_at:name_at + 2] = b"\xff\xfe"
+    answer = pacs.post("/neuronova/upload/P-2024-001234", data=bytes(archive), headers={"Content-Type": "application/zip"})
+    assert answer.status_code == 400 and answer.json()["error"].startswith("unreadable ZIP archive"), answer.text
+    assert pacs.instances() == []
+
+
+def test_zip_member_names_stay_out_of_the_log_above_debug(pacs):
+    archive = make_zip({"HONG^GILDONG_19800115/broken.dcm": b"not dicom"})
+    pacs.post("/neuronova/upload/P-2024-001234", data=archive, headers={"Content-Type": "application/zip"})
+    assert [line for line in pacs.log_text().splitlines() if "HONG^GILDONG" in line] == []

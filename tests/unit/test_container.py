@@ -1030,3 +1030,14 @@ def test_fifty_frames_codestreams_decode_to_each_frame(fifty_frames):
     for frame, codestream in zip(frames, codestreams):
         assert np.array_equal(imagecodecs.htj2k_decode(bytes(codestream)), frame)
     assert np.array_equal(_independent_pixels(after), frames)
+
+
+@pytest.mark.parametrize("name, keyword, value, reason", [
+    ("CT_small.dcm", "PixelRepresentation", 2, "PixelRepresentation 2 is neither 0 nor 1"),
+    ("SC_rgb.dcm", "PlanarConfiguration", 2, "PlanarConfiguration 2 is neither 0 nor 1"),
+])
+def test_invalid_pixel_description_values_are_stored_as_received(name, keyword, value, reason):
+    """Transcoding such a header as if it said 0 would guess at what its pixels mean."""
+    ds = _read(_file(name))
+    setattr(ds, keyword, value)
+    _skipped(pack(_write(ds), DEFAULT), reason)

@@ -193,8 +193,9 @@ def parse_frame_list(text: str | None, plus_as_space: bool = False) -> list[int]
     for token in text.lower().replace("%2c", ",").split(","):
         if plus_as_space and token.startswith(" "):
             token = "+" + token[1:]
-        if not _FRAME_NUMBER.fullmatch(token) or not -2 ** 31 <= int(token) < 2 ** 31:
-            raise BadRequest(f"frame list: {token!r} is not a frame number")
+        # a 32-bit integer, as the DICOMweb plugin reads it; the length first (int() of 5000 digits raises)
+        if len(token) > 12 or not _FRAME_NUMBER.fullmatch(token) or not -2 ** 31 <= int(token) < 2 ** 31:
+            raise BadRequest(f"frame list: {token[:16]!r}{'...' if len(token) > 16 else ''} is not a frame number")
         if int(token) <= 0:
             raise BadRequest(f"Invalid frame number (must be > 0): {token}")
         numbers.append(int(token))

@@ -9,6 +9,7 @@ background replacement of a plain file with its container against the file's rem
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -59,6 +60,7 @@ class StorageArea:
         self._written: PerThread[Written] = PerThread()
         self._folders: set[str] = set()
         self.last_write = 0.0
+        self.full_at = -1e9  # when a write last failed for want of space (monotonic clock)
 
     def path(self, uuid: str) -> str:
         """Orthanc's own FilesystemStorage layout: ab/cd/abcd...; an administrator can switch back."""
@@ -132,7 +134,15 @@ class StorageArea:
             os.replace(temporary, final)
         except OSError as error:
             _remove_quietly(temporary)
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.full_at = time.monotonic()
+                log.error("the storage area's disk is full (%s): instances are refused until space is freed",
+                          self.settings.root)
             raise StorageError(f"cannot write attachment {uuid}: {error.strerror or error}") from None
+
+    def disk_full(self, within_seconds: float = 10.0) -> bool:
+        """Did a write fail for want of space just now? (the reason Orthanc does not tell its clients)"""
+        return time.monotonic() - self.full_at < within_seconds
 
     def take_written(self) -> Written | None:
         """What this thread's last DICOM create() did (Orthanc stores an instance on one thread)."""

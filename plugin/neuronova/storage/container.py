@@ -183,6 +183,10 @@ def _check_image(image: Image, settings: PackSettings) -> None:
         raise LayoutError(f"BitsStored {image.bits_stored} does not fit BitsAllocated {image.bits_allocated}")
     if image.high_bit is not None and image.high_bit != image.bits_stored - 1:
         raise _Skip(f"HighBit {image.high_bit} is not BitsStored - 1 ({image.bits_stored - 1})")
+    if image.pixel_representation not in (0, 1):  # PS3.3 C.7.6.3.1.1: unsigned 0, two's complement 1
+        raise _Skip(f"PixelRepresentation {image.pixel_representation} is neither 0 nor 1")
+    if image.samples > 1 and image.planar not in (0, 1):  # PS3.3 C.7.6.3.1.3
+        raise _Skip(f"PlanarConfiguration {image.planar} is neither 0 nor 1")
     if (image.photometric, image.samples) not in _SUPPORTED_PHOTOMETRIC:
         raise _Skip(f"photometric interpretation {image.photometric or '(none)'} with "
                     f"{image.samples} samples per pixel is not supported")

@@ -23,6 +23,7 @@
   var APP_BASE = new URL('./', SCRIPT_URL).href;
 
   var PARALLEL_UPLOADS = 3;
+  var MAX_BUSY_RETRIES = 30;  // a busy server answers 503 with Retry-After; after these, the 503 is shown
   var PATIENT_LIMIT = 50;
   var SEARCH_DELAY_MS = 250;
   var REFUSED_MESSAGE = 'Please select a DICOM file (.dcm or .dicom)';
@@ -561,6 +562,7 @@
     this.queue = queue;
     queue.forEach(function (entry) {
       entry.sent = 0;
+      entry.retries = 0;
       entry.result = null;
       self.batchBytes += entry.file.size;
       self.setState(entry, 'queued', 'Waiting', 0);
@@ -569,6 +571,7 @@
     el('overall').hidden = false;
     el('overall-title').textContent = 'Uploading...';
     this.active = 0;
+    this.waiting = 0;
     this.update();
     this.next();
   };
@@ -577,7 +580,7 @@
     while (!this.cancelled && this.active < PARALLEL_UPLOADS && this.queue.length) {
       this.send(this.queue.shift());
     }
-    if (this.active === 0 && (this.cancelled || !this.queue.length)) {
+    if (this.active === 0 && !this.waiting && (this.cancelled || !this.queue.length)) {
       this.finish();
     }
   };
@@ -614,7 +617,13 @@
         self.next();
       };
     };
-    xhr.onload = settle(function () { self.answered(entry, xhr); });
+    xhr.onload = settle(function () {
+      if (xhr.status === 503 && xhr.getResponseHeader('Retry-After') && (entry.retries || 0) < MAX_BUSY_RETRIES) {
+        self.retryLater(entry, parseInt(xhr.getResponseHeader('Retry-After'), 10) || 2);
+      } else {
+        self.answered(entry, xhr);
+      }
+    });
     xhr.onerror = settle(function () { self.failed(entry, errorText(xhr, null)); });
     xhr.ontimeout = xhr.onerror;
     xhr.onabort = settle(function () {
@@ -624,6 +633,21 @@
     });
     this.setState(entry, 'sending', 'Sending 0%', 0);
     xhr.send(entry.file);
+  };
+
+  // The server is busy (503 with Retry-After): the file goes back in the queue after the wait.
+  UploadDialog.prototype.retryLater = function (entry, seconds) {
+    var self = this;
+    entry.retries = (entry.retries || 0) + 1;
+    this.setState(entry, 'queued', 'Server busy: sending again in ' + seconds + ' s', 0);
+    this.waiting = (this.waiting || 0) + 1;
+    setTimeout(function () {
+      self.waiting -= 1;
+      if (!self.cancelled) {
+        self.queue.push(entry);
+      }
+      self.next();
+    }, seconds * 1000);
   };
 
   UploadDialog.prototype.answered = function (entry, xhr) {
