@@ -6,6 +6,8 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import os
+import signal
 import threading
 import time
 from urllib.parse import unquote_plus
@@ -19,6 +21,7 @@ from .directory import EmbeddedRegistry, PatientDirectory
 from .errors import BadRequest, CoreCannotAnswer, NotFound, StorageFull, StoreRejected
 from .history import IngestHistory
 from .ingest import DISCARD, MODIFY, Ingest
+from .logs import keep_libraries_at_debug
 from .metrics import Metrics
 from .reconcile import Reconciler, StudyOwners
 from .storage import container
@@ -56,6 +59,7 @@ def start(sdk) -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+    keep_libraries_at_debug()
 
     orthanc_config = json.loads(sdk.GetConfiguration())
     settings = load_settings(orthanc_config)  # raises ConfigError naming the key
@@ -77,6 +81,7 @@ def start(sdk) -> None:
     gate = RequestGate(settings.requests.concurrent, settings.requests.retry_after)
     for uri, route in api.routes():
         sdk.RegisterRestCallback(uri, _rest_callback(sdk, gate(route)))
+    sdk.RegisterRestCallback("/tools/reset", _reset_callback(metrics, background, history, ledger))
     sdk.ExtendOrthancExplorer(explorer_extension_js())  # the "Upload DICOM" button
     sdk.SetRootUri("../neuronova/app/index.html")  # Explorer's Plugins page links to the dashboard
     _register_storage_area(sdk, area)
@@ -171,6 +176,35 @@ def _on_change(sdk, background: BackgroundCompressor, history: IngestHistory, le
             history.close()
             ledger.close()
     return on_change
+
+
+def _reset_callback(metrics: Metrics, background: BackgroundCompressor, history: IngestHistory, ledger: Ledger):
+    """POST /tools/reset: Orthanc's restart, which reloads its configuration. Orthanc does it inside
+    the process, re-initializing the Python plugin, and numpy cannot be loaded twice in one process:
+    the plugin failed and Orthanc stopped for good (measured). So the restart is a new Orthanc in
+    the same process (exec, same PID and arguments): the configuration is read again, as asked.
+    The answer is Orthanc's own ({}); the plugin's pending rows are written first."""
+    def callback(output, uri, **request):
+        if request.get("method") != "POST":
+            output.SendMethodNotAllowed("POST")
+            return
+        output.AnswerBuffer(b"{}", "application/json")
+        threading.Thread(target=_exec_again, args=(metrics, background, history, ledger), daemon=True).start()
+    return callback
+
+
+def _exec_again(metrics: Metrics, background: BackgroundCompressor, history: IngestHistory, ledger: Ledger) -> None:
+    time.sleep(0.3)  # the answer leaves first
+    log.warning("restarting Orthanc (POST /tools/reset): a new Orthanc process image, same PID")
+    metrics.stop()
+    background.stop()
+    history.close()
+    ledger.close()
+    with open("/proc/self/cmdline", "rb") as cmdline:
+        arguments = [part.decode() for part in cmdline.read().split(b"\0") if part]
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the listening sockets and the index: the new image opens its own
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # this thread's mask is inherited: SIGTERM must stop the new one
+    os.execv("/proc/self/exe", arguments)
 
 
 def _build_directory(settings: Settings) -> PatientDirectory:

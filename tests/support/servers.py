@@ -52,8 +52,10 @@ class OrthancServer:
             base["Plugins"] = [p for p in base["Plugins"] if "Python" not in p]
             base.pop("PythonScript")
             base.pop("NeuroNova")
+        # The shipped configuration accepts C-STORE only from the modalities it lists (DicomModalities,
+        # host checked); the tests send from many AE titles: test_dicom_safety checks the shipped rule.
         self.config = build_config(base, self.http_port, self.dicom_port, data_dir,
-                                   {"DicomAet": aet, **(overrides or {})})
+                                   {"DicomAet": aet, "DicomAlwaysAllowStore": True, **(overrides or {})})
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.log_path = os.path.join(data_dir, "orthanc.log")
         self.process: subprocess.Popen | None = None

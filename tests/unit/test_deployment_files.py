@@ -482,3 +482,13 @@ def test_compose_publishes_http_and_dicom_ports(service):
 
 def test_compose_restarts_unless_stopped(service):
     assert service.get("restart") == "unless-stopped"
+
+
+def test_dicom_stores_are_accepted_only_from_listed_modalities(docker_config, project_config):
+    """Orthanc has no DICOM bind address: its port listens on every interface, so both shipped
+    configurations refuse C-STORE from senders they do not list, their IP address checked."""
+    for config in (docker_config, project_config):
+        assert config["DicomAlwaysAllowStore"] is False
+        assert config["DicomCheckModalityHost"] is True
+        for modality in config["DicomModalities"].values():
+            assert modality["Host"].replace(".", "").isdigit(), "DicomCheckModalityHost needs IP addresses"
