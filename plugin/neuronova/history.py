@@ -69,6 +69,17 @@ class IngestHistory:
     def flush(self) -> None:
         self._writer.flush()
 
+    def recorded_attachments(self, attachments: list[str]) -> set[str]:
+        """Which of these storage-area files have a row (Orthanc's own instance IDs are not kept)."""
+        self.flush()
+        found: set[str] = set()
+        with self._connect() as db:
+            for start in range(0, len(attachments), 500):
+                chunk = attachments[start:start + 500]
+                found.update(row[0] for row in db.execute(
+                    f"SELECT attachment FROM history WHERE attachment IN ({', '.join('?' * len(chunk))})", chunk))
+        return found
+
     def close(self) -> None:
         self._writer.close()
 

@@ -19,7 +19,8 @@ from .errors import DirectoryUnavailable
 
 ASSIGNED, COERCED, UNCHANGED, UNMATCHED, UNVERIFIED, CONFLICT, REJECTED = (
     "assigned", "coerced", "unchanged", "unmatched", "unverified", "conflict", "rejected")
-ACTIONS = (ASSIGNED, COERCED, UNCHANGED, UNMATCHED, UNVERIFIED, CONFLICT, REJECTED)
+RECOVERED = "recovered"  # a row written at start for an instance stored just before a crash (history.py)
+ACTIONS = (ASSIGNED, COERCED, UNCHANGED, UNMATCHED, UNVERIFIED, CONFLICT, REJECTED, RECOVERED)
 UNAVAILABLE_RETRY_SECONDS = 5.0
 
 

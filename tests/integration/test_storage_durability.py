@@ -268,6 +268,16 @@ def test_sigkill_during_ingest_loses_no_acknowledged_instance_and_leaves_no_half
     assert_no_file_half_written(restarted, sent, dimse)
     containers, plain = disk_states(restarted)
     assert containers >= len(instances) and plain == 0  # ingest mode: every file compressed before it lands
+    # Every stored instance has its history row (those the kill cut off are "recovered" at the start),
+    # and no row names an instance that is not stored.
+    stored_sops = {sop_of(session.get(f"{restarted.url}/instances/{instance}/file", timeout=60).content)
+                   for instance in instances}
+    wait_until(lambda: restarted.get("/neuronova/history", params={"limit": 1000}).json()["count"] >= len(instances),
+               30, "a history row for every stored instance", interval=0.3)
+    rows = restarted.get("/neuronova/history", params={"limit": 1000}).json()["entries"]
+    assert {row["sop_instance_uid"] for row in rows} == stored_sops
+    recovered = [row for row in rows if row["action"] == "recovered"]
+    print(f"{len(recovered)} history rows recovered at the restart")
     # Orthanc still takes instances on the storage it came back to
     late = fresh_copies(3, ("CT_small.dcm",))
     post_all(restarted, late)

@@ -65,6 +65,12 @@ class Ledger:
             known = self._files.get(uuid)
         return known[2] if known else None
 
+    def sizes(self, uuid: str) -> tuple[int, int]:
+        """(received, stored) bytes of one file, (0, 0) when unknown."""
+        with self._lock:
+            known = self._files.get(uuid)
+        return (known[0], known[1]) if known else (0, 0)
+
     def pending(self) -> list[str]:
         with self._lock:
             return [uuid for uuid, (_, _, state) in self._files.items() if state == "pending"]
