@@ -413,7 +413,12 @@ def _rest_callback(sdk, route):
             body=request.get("body", b""),
         ))
         _send(sdk, output, response)
+        if len(request.get("body", b"")) > _TRIM_AFTER_BYTES:
+            _LIBC.malloc_trim(0)  # a large body's pages go back to the system, not kept for the next one
     return callback
+
+
+_TRIM_AFTER_BYTES = 64 * 1024 * 1024
 
 
 def _send(sdk, output, response: Response) -> None:
