@@ -1,6 +1,7 @@
 """Automatic patient reconciliation inside a real Orthanc, with real DICOM clients (storescu, pynetdicom)."""
 
 import re
+import time
 
 import pytest
 from pydicom.uid import generate_uid
@@ -9,6 +10,7 @@ from pynetdicom.sop_class import MRImageStorage
 
 from support.dicom_files import make_series, parse
 from support.dicom_net import storescu
+from neuronova.metrics import PUBLISH_SECONDS
 from support.servers import OrthancServer, wait_until
 
 HONG_LOCAL = {"PatientID": "CT1-0042", "IssuerOfPatientID": "SCANNER-CT1", "PatientName": "HONG^GD",
@@ -30,6 +32,22 @@ def metric(pacs, name: str) -> float:
     match = re.search(rf"^{name} ([0-9.e+]+)", text, re.MULTILINE)
     assert match, f"{name} missing from /tools/metrics-prometheus"
     return float(match.group(1))
+
+
+def settled(pacs, name: str) -> float:
+    """A counter once the plugin's publishing rounds (every half second) have caught up; 0 when none
+    was published yet (no instance so far)."""
+    def value():
+        found = re.search(rf"^{name} ([0-9.e+]+)", pacs.get("/tools/metrics-prometheus").text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+    previous = value()
+    for _ in range(20):
+        time.sleep(PUBLISH_SECONDS + 0.2)
+        current = value()
+        if current == previous:
+            return current
+        previous = current
+    return previous
 
 
 def metric_reaches(pacs, name: str, expected: float) -> float:
@@ -139,8 +157,7 @@ def test_history_filters_and_limit(pacs, tmp_path):
 
 
 def test_metrics_appear_in_orthancs_prometheus_endpoint(pacs, tmp_path):
-    published = re.search(r"^neuronova_transcoded ([0-9.e+]+)", pacs.get("/tools/metrics-prometheus").text, re.MULTILINE)
-    before = float(published.group(1)) if published else 0.0  # none yet when this test runs first
+    before = settled(pacs, "neuronova_transcoded")  # the previous test's instances published first
     assert storescu(pacs.dicom_port, make_series(tmp_path, 2, PatientID="LOCAL-1")).returncode == 0
     assert metric_reaches(pacs, "neuronova_transcoded", before + 2) == before + 2
     for name in ("neuronova_instances_unmatched", "neuronova_instances_coerced", "neuronova_bytes_saved",
