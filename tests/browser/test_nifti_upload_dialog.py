@@ -4,7 +4,6 @@ a float map added to that study with the dialog's study picker; stored under the
 import shutil
 
 from playwright.sync_api import expect
-
 from support.nifti_files import path
 
 HONG = "P-2024-001234 - Hong^Gildong (1980-01-15)"

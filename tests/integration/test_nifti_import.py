@@ -10,10 +10,22 @@ import struct
 import nibabel
 import numpy as np
 import pytest
-
-from support.nifti_files import (RAS_LPS, by_dcm2niix, by_dicom2nifti, by_highdicom, by_simpleitk, canonical,
-                                 dciodvfy_errors, expected, nifti_bytes, parse, read_bytes, segmentation_labels,
-                                 with_scaling, write_series)
+from support.nifti_files import (
+    RAS_LPS,
+    by_dcm2niix,
+    by_dicom2nifti,
+    by_highdicom,
+    by_simpleitk,
+    canonical,
+    dciodvfy_errors,
+    expected,
+    nifti_bytes,
+    parse,
+    read_bytes,
+    segmentation_labels,
+    with_scaling,
+    write_series,
+)
 from support.servers import OrthancServer
 
 PATIENT = "P-2024-001234"
