@@ -22,8 +22,9 @@ screenshots: setup
 	$(PYTHON) scripts/screenshots.py
 
 FHIR_SERVER := tests/support/fhir_server
+NIFTI_DATA := tests/data/nifti
 
-setup: system-packages $(VENV)/.installed $(FHIR_SERVER)/node_modules/.installed
+setup: system-packages $(VENV)/.installed $(FHIR_SERVER)/node_modules/.installed $(NIFTI_DATA)/.installed
 
 system-packages:
 	@EXTRA_PACKAGES="$(EXTRA_PACKAGES)" scripts/install-system-packages.sh
@@ -41,5 +42,10 @@ $(FHIR_SERVER)/node_modules/.installed: $(FHIR_SERVER)/package-lock.json $(VENV)
 		"--no-fund"], cwd="$(FHIR_SERVER)"))'
 	touch $@
 
+# The NIfTI tests' real files: inside pinned PyPI wheels (nilearn, dipy), downloaded and unzipped, not installed.
+$(NIFTI_DATA)/.installed: scripts/fetch_nifti_test_data.py $(VENV)/.installed
+	$(PYTHON) scripts/fetch_nifti_test_data.py
+	touch $@
+
 clean:
-	rm -rf $(VENV) data $(FHIR_SERVER)/node_modules
+	rm -rf $(VENV) data $(FHIR_SERVER)/node_modules $(NIFTI_DATA)

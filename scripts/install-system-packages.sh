@@ -2,7 +2,8 @@
 # Install the Debian packages the project needs, only those missing (needs root on a fresh machine).
 set -eu
 # chromium: the headless browser of the UI tests (tests/browser), driven by pip playwright.
-PACKAGES="orthanc orthanc-python orthanc-gdcm orthanc-dicomweb dcmtk python3-venv chromium ${EXTRA_PACKAGES:-}"
+# dcm2niix and dicom3tools (dciodvfy): a reader and the validator of what the NIfTI import stores (tests).
+PACKAGES="orthanc orthanc-python orthanc-gdcm orthanc-dicomweb dcmtk python3-venv chromium dcm2niix dicom3tools ${EXTRA_PACKAGES:-}"
 missing=""
 for package in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing="$missing $package"

@@ -44,6 +44,7 @@ class Api:
             ("/neuronova/app", ui.app_redirect),
             ("/neuronova/app/(.*)", ui.StaticFiles()),
             ("/neuronova/studies", ui.StudyList(self.pacs, self.history)),
+            ("/neuronova/studies/([^/]+)/nifti", self.upload_nifti_to_study),
             ("/neuronova/patients", self.search_patients),
             ("/neuronova/patients/(.+)", self.one_patient),
             ("/neuronova/upload", self.upload),
@@ -81,7 +82,14 @@ class Api:
             raise UnsupportedMediaType("multipart/form-data is not supported by Orthanc plugins: send the file as "
                                        "the raw body with Content-Type application/dicom or application/zip")
         require_content_type(request, *UPLOAD_TYPES)
-        status, payload = self.uploads.upload(request.body, request.groups[0] if request.groups else None)
+        status, payload = self.uploads.upload(request.body, request.groups[0] if request.groups else None,
+                                              request.headers)
+        return json_response(status, payload)
+
+    def upload_nifti_to_study(self, request: Request) -> Response:
+        allow(request, "POST")
+        require_content_type(request, *UPLOAD_TYPES)
+        status, payload = self.uploads.upload_nifti_to_study(request.body, request.groups[0], request.headers)
         return json_response(status, payload)
 
     def query_history(self, request: Request) -> Response:

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from .errors import ConfigError
+from .nifti.service import NiftiSettings
 from .reconcile import ReconcileSettings
 from .storage.area import StorageSettings
 from .storage.background import BackgroundSettings
@@ -84,6 +85,7 @@ class Settings:
     ledger_database: str = ""
     dicomweb: DicomWebSettings = field(default_factory=DicomWebSettings)
     requests: RequestSettings = field(default_factory=lambda: RequestSettings(16))
+    nifti: NiftiSettings = field(default_factory=NiftiSettings)
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,15 @@ def load_settings(orthanc_config: dict) -> Settings:
     )
     requests_section.done()
 
+    nifti = root.section("Nifti")
+    nifti_settings = NiftiSettings(
+        float_companion=nifti.get("FloatCompanion", bool, False),
+        max_dimension=nifti.get("MaxDimension", int, 2048, lambda v: 1 <= v <= 65535, "must be 1 to 65535"),
+        max_voxels=nifti.get("MaxVoxels", int, 256 * MIB, _positive, "must be positive"),
+        max_inflated_bytes=nifti.get("MaxInflatedSizeMB", int, 4096, _positive, "must be positive") * MIB,
+    )
+    nifti.done()
+
     history = root.section("History")
     history_database = history.get("Database", str, "") or os.path.join(storage, "neuronova", "history.sqlite")
     history.done()
@@ -260,4 +271,5 @@ def load_settings(orthanc_config: dict) -> Settings:
                               "area itself, where Orthanc's core never looks")
     return Settings(directory_settings, upload_settings, storage_settings, background_settings, reconcile_settings,
                     history_database, os.path.join(storage, "neuronova", "storage.sqlite"),
-                    DicomWebSettings.from_orthanc(orthanc_config.get("DicomWeb")), request_settings)
+                    DicomWebSettings.from_orthanc(orthanc_config.get("DicomWeb")), request_settings,
+                    nifti_settings)

@@ -76,7 +76,7 @@ def start(sdk) -> None:
     owners = StudyOwners()
     reconciler = Reconciler(directory, settings.reconciliation, owners)
     ingest = Ingest(reconciler, history, metrics)
-    uploads = UploadService(directory, ingest, pacs.store, settings.upload)
+    uploads = UploadService(directory, ingest, pacs.store, settings.upload, pacs, settings.nifti)
     api = Api(settings, directory, uploads, pacs, ingest, history, ledger, background)
     gate = RequestGate(settings.requests.concurrent, settings.requests.retry_after)
     for uri, route in api.routes():
@@ -366,6 +366,15 @@ class OrthancPacs:
             except self.sdk.OrthancException as error:
                 raise _core_error(error, f"POST {uri}") from None
         return self._loopback("POST", uri, body)
+
+    def core_delete(self, uri: str) -> None:
+        if self.in_process:
+            try:
+                self.sdk.RestApiDelete(uri)
+                return
+            except self.sdk.OrthancException as error:
+                raise _core_error(error, f"DELETE {uri}") from None
+        self._loopback("DELETE", uri)
 
     def _loopback(self, method: str, uri: str, body: bytes | None = None) -> bytes:
         try:

@@ -1,4 +1,5 @@
-"""The upload pipeline: validate, assign the EMR patient, hand to Orthanc; one file or a ZIP of them."""
+"""The upload pipeline: validate, assign the EMR patient, hand to Orthanc; one file, a ZIP of them, or
+a NIfTI volume (converted by nifti/ into new series)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from typing import Callable
 from pydicom import dcmwrite
 
 from .config import UploadSettings
-from .dicom.assign import assign_patient
+from .dicom.assign import assign_patient, patient_tags
 from .dicom.reading import read_dicom
 from .directory import Patient, PatientDirectory
 from .directory.model import validate_patient_id
 from .ingest import Ingest
 from .errors import NotReady, BadRequest, NeuroNovaError, PatientNotFound, PatientRejected, PayloadTooLarge
+from .nifti.reading import looks_like_nifti
+from .nifti.service import ImportOptions, NiftiImport, NiftiSettings
+from .pacs import Pacs
 
 log = logging.getLogger("neuronova.upload")
 
@@ -36,18 +40,24 @@ def _member_failure(error: Exception) -> NeuroNovaError:
 
 
 class UploadService:
-    def __init__(self, directory: PatientDirectory, ingest: Ingest, store: StoreFunction, settings: UploadSettings):
+    def __init__(self, directory: PatientDirectory, ingest: Ingest, store: StoreFunction, settings: UploadSettings,
+                 pacs: Pacs | None = None, nifti_settings: NiftiSettings | None = None):
         self.directory = directory
         self.ingest = ingest
         self.store = store
         self.settings = settings
+        self.nifti = (NiftiImport(pacs, self.store_prepared, nifti_settings or NiftiSettings())
+                      if pacs is not None else None)
 
-    def upload(self, body: bytes, patient_id: str | None) -> tuple[int, dict]:
+    def upload(self, body: bytes, patient_id: str | None, headers: dict[str, str] | None = None) -> tuple[int, dict]:
         """Answer (HTTP status, JSON) for one request body; raises NeuroNovaError for whole-request failures."""
-        if len(body) > self.settings.max_upload_bytes:
-            raise PayloadTooLarge(
-                f"upload of {len(body)} bytes is over the limit of {self.settings.max_upload_bytes} bytes "
-                "(NeuroNova.Upload.MaxUploadSizeMB)")
+        self._check_size(body)
+        if self.nifti is not None and looks_like_nifti(body):
+            if patient_id is None:
+                raise BadRequest("a NIfTI file carries no patient: upload it to /neuronova/upload/{patient_id} (a new "
+                                 "study of that EMR patient) or to /neuronova/studies/{study}/nifti (an existing study)")
+            patient = self._lookup(patient_id)
+            return 200, self.nifti.to_new_study(body, patient_tags(patient), ImportOptions.from_headers(headers or {}))
         patient = self._lookup(patient_id) if patient_id is not None else None
         if body.startswith(_ZIP_MAGIC):
             return self._upload_zip(body, patient)
@@ -58,6 +68,20 @@ class UploadService:
             "patient_id": patient_id,
             "orthanc_response": stored,
         }
+
+    def upload_nifti_to_study(self, body: bytes, study: str, headers: dict[str, str]) -> tuple[int, dict]:
+        """New series from a NIfTI file in a stored study (Orthanc study ID or StudyInstanceUID)."""
+        self._check_size(body)
+        if not looks_like_nifti(body):
+            raise BadRequest("not a NIfTI file: no NIfTI-1 or NIfTI-2 header, plain or gzip-compressed "
+                             "(DICOM files go to /neuronova/upload)")
+        return 200, self.nifti.to_study(body, study, ImportOptions.from_headers(headers))
+
+    def _check_size(self, body: bytes) -> None:
+        if len(body) > self.settings.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"upload of {len(body)} bytes is over the limit of {self.settings.max_upload_bytes} bytes "
+                "(NeuroNova.Upload.MaxUploadSizeMB)")
 
     def _lookup(self, patient_id: str) -> Patient:
         patient = self.directory.get(validate_patient_id(patient_id))
@@ -76,9 +100,18 @@ class UploadService:
                 dcmwrite(buffer, dataset, enforce_file_format=True)
                 data = buffer.getvalue()
                 log.info("Instance %s assigned to the EMR patient (changed %s)", sop_instance_uid, ", ".join(changed))
+        stored_patient_id, stored = self._store(data, sop_instance_uid, assigned=patient is not None)
+        return stored_patient_id or str(dataset.get("PatientID", "")), stored
+
+    def store_prepared(self, data: bytes, sop_instance_uid: str) -> dict:
+        """Store a file the plugin built itself (patient already set, as a person chose it): Orthanc's answer."""
+        return self._store(data, sop_instance_uid, assigned=True)[1]
+
+    def _store(self, data: bytes, sop_instance_uid: str, assigned: bool) -> tuple[str | None, dict]:
+        """(the patient ID it was stored under, Orthanc's answer) for one file, through the ordinary ingest."""
         # The received-instance callback transcodes and records it; it learns from this expectation
         # that a person chose the patient, and tells back under which patient it was stored.
-        outcome = self.ingest.expect_upload(sop_instance_uid, assigned=patient is not None)
+        outcome = self.ingest.expect_upload(sop_instance_uid, assigned=assigned)
         try:
             answer = self.store(data)
         finally:
@@ -87,10 +120,9 @@ class UploadService:
             if outcome.retry:
                 raise NotReady(outcome.rejection or "Orthanc is starting: retry")
             raise PatientRejected(outcome.rejection or "refused by patient reconciliation")
-        stored_patient_id = outcome.patient_id
         stored = {key: answer.get(key) for key in ORTHANC_RESPONSE_KEYS}
         log.info("Instance %s stored as %s (%s)", sop_instance_uid, stored["ID"], stored["Status"])
-        return stored_patient_id or str(dataset.get("PatientID", "")), stored
+        return outcome.patient_id, stored
 
     def _upload_zip(self, body: bytes, patient: Patient | None) -> tuple[int, dict]:
         try:

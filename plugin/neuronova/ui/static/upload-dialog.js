@@ -7,7 +7,9 @@
  *   NeuroNovaUpload.open({onUploaded: function (summary) {...}, studyListLink: true})
  *
  * Each file is POSTed as the raw request body (Orthanc plugins cannot read multipart/form-data)
- * to <prefix>/neuronova/upload[/<patient ID>], a few files at a time. When something was stored,
+ * to <prefix>/neuronova/upload[/<patient ID>], a few files at a time; NIfTI volumes (.nii, .nii.gz) to the
+ * same route (a new study of the chosen patient) or to <prefix>/neuronova/studies/<study>/nifti (new series
+ * in the study chosen under "NIfTI volumes"). When something was stored,
  * the "neuronova:uploaded" event is dispatched on document.
  */
 (function (window, document) {
@@ -28,7 +30,9 @@
   var SEARCH_DELAY_MS = 250;
   var REFUSED_MESSAGE = 'Please select a DICOM file (.dcm or .dicom)';
   var NO_PATIENT = 'No patient selected (use existing metadata)';
-  var TAKEN_EXTENSIONS = {dcm: true, dicom: true, zip: true};
+  var TAKEN_EXTENSIONS = {dcm: true, dicom: true, zip: true, nii: true};
+  var STUDY_LIMIT = 200;
+  var NEW_STUDY = 'A new study of the chosen patient';
 
   var TEMPLATE = [
     '<div class="nn-dialog-header ui-bar ui-bar-a">',
@@ -39,7 +43,7 @@
     '  <div class="nn-drop ui-corner-all" id="nn-upload-drop" tabindex="0" role="button"',
     '       aria-describedby="nn-upload-drop-help">',
     '    <p id="nn-upload-drop-help">Drop DICOM files, a folder or a ZIP archive here',
-    '      (.dcm, .dicom, .zip or files without an extension), or</p>',
+    '      (.dcm, .dicom, .zip or files without an extension), NIfTI volumes (.nii, .nii.gz), or</p>',
     '    <div class="nn-drop-buttons">',
     '      <button type="button" class="nn-btn nn-theme-c" id="nn-upload-choose-files">Choose files</button>',
     '      <button type="button" class="nn-btn nn-theme-c" id="nn-upload-choose-folder">Choose folder</button>',
@@ -61,6 +65,15 @@
     '  <select id="nn-upload-patient" class="nn-input nn-select ui-body-c ui-corner-all ui-shadow-inset"',
     '          aria-label="Patient"></select>',
     '  <p class="nn-patient-status" id="nn-upload-patient-status" aria-live="polite"></p>',
+    '  <fieldset class="nn-nifti" id="nn-upload-nifti" hidden>',
+    '    <legend class="nn-section-title">NIfTI volumes</legend>',
+    '    <label for="nn-upload-study">Put them in</label>',
+    '    <select id="nn-upload-study" class="nn-input nn-select ui-body-c ui-corner-all ui-shadow-inset"></select>',
+    '    <label class="nn-check"><input type="checkbox" id="nn-upload-nifti-labels">',
+    '      Label map (stored as a Segmentation of a series of that study)</label>',
+    '    <label class="nn-check"><input type="checkbox" id="nn-upload-nifti-volumes">',
+    '      4-D file: one series per volume</label>',
+    '  </fieldset>',
     '  <div class="nn-overall" id="nn-upload-overall" hidden>',
     '    <p class="nn-overall-title" id="nn-upload-overall-title">Uploading...</p>',
     '    <div class="nn-progress ui-corner-all" id="nn-upload-overall-progress" role="progressbar"',
@@ -105,7 +118,11 @@
       return true;
     }
     var extension = base.slice(dot + 1).toLowerCase();
-    return TAKEN_EXTENSIONS[extension] === true || /^[0-9]+$/.test(extension);
+    return TAKEN_EXTENSIONS[extension] === true || isNifti(base) || /^[0-9]+$/.test(extension);
+  }
+
+  function isNifti(name) {
+    return /\.nii(\.gz)?$/i.test(name);
   }
 
   function isZip(name) {
@@ -354,6 +371,10 @@
     el('patient-search').value = '';
     el('patient').innerHTML = '';
     el('patient').appendChild(new Option(NO_PATIENT, ''));
+    el('study').innerHTML = '';
+    el('study').appendChild(new Option(NEW_STUDY, ''));
+    el('nifti-labels').checked = el('nifti-volumes').checked = false;
+    this.studiesLoaded = false;
     this.selected = null;
     this.searchPatients('');
     this.update();
@@ -460,6 +481,13 @@
     this.dialog.classList.toggle('nn-running', this.running);
     el('choose-files').disabled = el('choose-folder').disabled = this.running;
     el('patient-search').disabled = el('patient').disabled = this.running;
+    var nifti = this.entries.some(function (entry) { return isNifti(entry.name); });
+    el('nifti').hidden = !nifti;
+    el('study').disabled = el('nifti-labels').disabled = el('nifti-volumes').disabled = this.running;
+    if (nifti && !this.studiesLoaded) {
+      this.studiesLoaded = true;
+      this.loadStudies();
+    }
     if (this.running) {
       this.updateOverall();
     }
@@ -478,6 +506,25 @@
     // Bytes sent drive the bar; the last per cent waits for the server's answers.
     var fraction = answered === batch.length ? 1 : Math.min(sent / bytes, 0.99);
     setProgress(this.el('overall-progress'), fraction, label);
+  };
+
+  // ---------------------------------------------------------------- studies (NIfTI destination)
+
+  UploadDialog.prototype.loadStudies = function () {
+    var select = this.el('study');
+    var xhr = new XMLHttpRequest();
+    xhr.open('GET', API_BASE + 'studies?limit=' + STUDY_LIMIT);
+    setHeaders(xhr);
+    xhr.onload = function () {
+      var answer = parseJson(xhr.responseText);
+      (answer && answer.success ? answer.studies : []).forEach(function (study) {
+        var label = study.patient_id + ' - ' + study.patient_name + ' - ' + (study.study_date || 'no date') +
+          (study.study_description ? ' - ' + study.study_description : '') + ' (' +
+          plural(study.series_count, 'series').replace(/seriess$/, 'series') + ')';
+        select.appendChild(new Option(label, study.id));
+      });
+    };
+    xhr.send();
   };
 
   // ---------------------------------------------------------------- patients
@@ -554,6 +601,9 @@
     }
     var el = this.el;
     this.patientId = el('patient').value;
+    this.niftiStudy = el('study').value;
+    this.niftiLabels = el('nifti-labels').checked;
+    this.niftiVolumes = el('nifti-volumes').checked;
     this.running = true;
     this.cancelled = false;
     this.finished = false;
@@ -590,9 +640,21 @@
     var xhr = new XMLHttpRequest();
     entry.xhr = xhr;
     this.active += 1;
-    var url = API_BASE + 'upload' + (this.patientId ? '/' + encodeURIComponent(this.patientId) : '');
+    var nifti = isNifti(entry.name);
+    var url = nifti && this.niftiStudy ? API_BASE + 'studies/' + encodeURIComponent(this.niftiStudy) + '/nifti'
+      : API_BASE + 'upload' + (this.patientId ? '/' + encodeURIComponent(this.patientId) : '');
     xhr.open('POST', url);
-    xhr.setRequestHeader('Content-Type', isZip(entry.name) ? 'application/zip' : 'application/dicom');
+    xhr.setRequestHeader('Content-Type', nifti ? 'application/octet-stream'
+      : isZip(entry.name) ? 'application/zip' : 'application/dicom');
+    if (nifti) {  // the options of the NIfTI import (nifti/service.py)
+      xhr.setRequestHeader('X-NeuroNova-Filename', encodeURIComponent(entry.name.split('/').pop()));
+      if (this.niftiLabels) {
+        xhr.setRequestHeader('X-NeuroNova-Nifti-Content', 'labels');
+      }
+      if (this.niftiVolumes) {
+        xhr.setRequestHeader('X-NeuroNova-Nifti-Volumes', 'separate');
+      }
+    }
     setHeaders(xhr);
     xhr.upload.onprogress = function (event) {
       entry.sent = event.loaded;
@@ -671,6 +733,12 @@
           result.failures.push(member.file + ': ' + member.error);
         }
       });
+    } else if (xhr.status === 200 && answer.success && Array.isArray(answer.series)) {  // a NIfTI volume
+      result.stored = answer.instance_count;
+      result.series = answer.series.length;
+      if (answer.patient_id) {
+        result.patients.push(answer.patient_id);
+      }
     } else if (xhr.status === 200 && answer.success) {
       result.stored = 1;
       if (answer.orthanc_response && answer.orthanc_response.Status === 'AlreadyStored') {
@@ -690,7 +758,9 @@
     } else if (result.failures.length) {
       this.setState(entry, 'failed', result.stored + ' stored, ' + result.failures.length + ' failed', 1);
     } else {
-      this.setState(entry, 'done', result.stored > 1 ? plural(result.stored, 'instance') + ' stored'
+      this.setState(entry, 'done', result.series ? plural(result.series, 'series').replace(/seriess$/, 'series') +
+        ' of ' + plural(result.stored, 'instance') + ' stored'
+        : result.stored > 1 ? plural(result.stored, 'instance') + ' stored'
         : (result.already ? 'Already stored' : 'Stored'), 1);
     }
   };
