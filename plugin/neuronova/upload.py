@@ -16,7 +16,7 @@ from .dicom.reading import read_dicom
 from .directory import Patient, PatientDirectory
 from .directory.model import validate_patient_id
 from .ingest import Ingest
-from .errors import NotReady, BadRequest, NeuroNovaError, PatientNotFound, PatientRejected, PayloadTooLarge
+from .errors import NotDicom, NotReady, BadRequest, NeuroNovaError, PatientNotFound, PatientRejected, PayloadTooLarge
 from .nifti.reading import looks_like_nifti
 from .nifti.service import ImportOptions, NiftiImport, NiftiSettings
 from .pacs import Pacs
@@ -27,6 +27,7 @@ SUCCESS_MESSAGE = "Uploaded and converted successfully"
 ORTHANC_RESPONSE_KEYS = ("ID", "ParentPatient", "ParentSeries", "ParentStudy", "Status")
 _ZIP_MAGIC = b"PK\x03\x04"
 _IGNORED_ZIP_PREFIXES = ("__MACOSX/",)
+_PREAMBLE_AND_PREFIX = 132  # a Part 10 file: 128 bytes of preamble, then "DICM"
 
 #: Stores one DICOM file in Orthanc (POST /instances) and returns Orthanc's JSON answer; raises StoreRejected.
 StoreFunction = Callable[[bytes], dict]
@@ -179,13 +180,23 @@ class UploadService:
                                   f"{self.settings.max_unzipped_bytes} (NeuroNova.Upload.MaxUnzippedSizeMB)")
 
     def _read_member(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-        """Read one member without trusting its declared size: a forged header cannot inflate past the limit."""
-        limit = min(info.file_size, self.settings.max_member_bytes)
+        """Read one member without trusting its declared size: a forged header cannot inflate past the limit.
+        Refused before it is inflated when it declares too much, and after 132 bytes when it is no DICOM
+        file (a 1 GB member of zeros in a 1 MB ZIP costs nothing)."""
+        if info.file_size > self.settings.max_member_bytes:
+            raise PayloadTooLarge(f"member of {info.file_size} bytes is over the limit of "
+                                  f"{self.settings.max_member_bytes} (NeuroNova.Upload.MaxMemberSizeMB)")
+        limit = info.file_size
         try:
             with archive.open(info) as member:
-                data = member.read(limit + 1)
+                head = member.read(_PREAMBLE_AND_PREFIX)
+                if len(head) == _PREAMBLE_AND_PREFIX and head[128:] != b"DICM":
+                    raise NotDicom("not a DICOM file: no 'DICM' prefix at byte 128 (DICOM Part 10 file expected)")
+                data = head + member.read(limit + 1 - len(head))
+        except NeuroNovaError:
+            raise
         except Exception as error:  # corrupt deflate or LZMA streams, unsupported methods, encryption, bad CRC
             raise BadRequest(f"cannot extract from the ZIP archive: {type(error).__name__}: {error}") from None
         if len(data) > limit:
-            raise PayloadTooLarge(f"member inflates beyond {limit} bytes")
+            raise PayloadTooLarge(f"member inflates beyond its declared {limit} bytes")
         return data

@@ -209,3 +209,28 @@ def test_zip_member_names_stay_out_of_the_log_above_debug(pacs):
     archive = make_zip({"HONG^GILDONG_19800115/broken.dcm": b"not dicom"})
     pacs.post("/neuronova/upload/P-2024-001234", data=archive, headers={"Content-Type": "application/zip"})
     assert [line for line in pacs.log_text().splitlines() if "HONG^GILDONG" in line] == []
+
+
+def _peak_rss_mib(server) -> float:
+    with open(f"/proc/{server.process.pid}/status", encoding="ascii") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_a_gigabyte_member_of_zeros_in_a_small_zip_is_refused_without_inflating_it(pacs):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("ct.dcm", read_bytes("CT_small.dcm"))
+        with archive.open("zeros.dcm", "w", force_zip64=True) as member:
+            chunk = bytes(16 * 1024 * 1024)
+            for _ in range(64):  # 1 GiB of zeros, about 1 MB once deflated
+                member.write(chunk)
+    body = buffer.getvalue()
+    assert len(body) < 4 * 1024 * 1024
+    peak_before = _peak_rss_mib(pacs)
+    answer = pacs.post("/neuronova/upload/P-2024-001234", data=body, headers={"Content-Type": "application/zip"})
+    assert answer.status_code == 200, answer.text
+    results = {result["file"]: result for result in answer.json()["results"]}
+    assert results["ct.dcm"]["success"] and not results["zeros.dcm"]["success"]
+    assert "no 'DICM' prefix" in results["zeros.dcm"]["error"]
+    assert _peak_rss_mib(pacs) - peak_before < 200  # the member was never inflated (it would be 1024 MiB)
