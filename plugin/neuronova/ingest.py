@@ -21,11 +21,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from dataclasses import dataclass, replace
 from io import BytesIO
 from typing import Callable
 
 from pydicom import dcmread, dcmwrite
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from .dicom.assign import REASON_COERCE, assign_identity
 from .history import HistoryEntry, IngestHistory
@@ -53,11 +55,24 @@ _PATIENT_TAGS = {0x00100020: "patient_id", 0x00100021: "issuer", 0x00100010: "na
 _WANTED = frozenset({_SOP_UID, _STUDY_UID, *_PATIENT_TAGS})
 
 
+_DEFLATED_HEADER_BYTES = 8 * 1024 * 1024  # inflated to find the identity: a header is far smaller
+
+
 def read_identity(dicom: bytes, meta: Meta | None) -> tuple[str, Identity]:
     """(SOP Instance UID, patient identity) from the header only. This runs in Orthanc's serialized
     received-instance callback: Explicit VR Little Endian ASCII headers are read by the storage
-    walker, stopping after StudyInstanceUID; anything else by pydicom."""
-    values = top_level_values(dicom, _WANTED, _STUDY_UID, meta)
+    walker, stopping after StudyInstanceUID; a deflated one the same way from the first 8 MB it
+    inflates to (a 280 kB file can inflate to more than a gigabyte, its pixels after the identity);
+    anything else by pydicom."""
+    if meta is not None and meta.syntax == DeflatedExplicitVRLittleEndian:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        header = inflater.decompress(dicom[meta.end:], _DEFLATED_HEADER_BYTES)
+        inflated = dicom[:meta.end] + header
+        values = top_level_values(inflated, _WANTED, _STUDY_UID, replace(meta, syntax=ExplicitVRLittleEndian))
+        if values is not None and _STUDY_UID not in values and len(header) == _DEFLATED_HEADER_BYTES:
+            values = None  # an element before StudyInstanceUID runs past the first 8 MB: pydicom reads it all
+    else:
+        values = top_level_values(dicom, _WANTED, _STUDY_UID, meta)
     if values is not None and all(value.isascii() for value in values.values()):
         fields = {name: text(values.get(tag, b"")) for tag, name in _PATIENT_TAGS.items()}
         return text(values.get(_SOP_UID, b"")), Identity(study_uid=text(values.get(_STUDY_UID, b"")), **fields)
