@@ -82,7 +82,7 @@ def start(sdk) -> None:
     gate = RequestGate(settings.requests.concurrent, settings.requests.retry_after)
     for uri, route in api.routes():
         sdk.RegisterRestCallback(uri, _rest_callback(sdk, gate(route)))
-    sdk.RegisterRestCallback("/tools/reset", _reset_callback(metrics, background, history, ledger))
+    sdk.RegisterRestCallback("/tools/reset", _reset_callback(sdk, metrics, background, history, ledger))
     sdk.ExtendOrthancExplorer(explorer_extension_js())  # the "Upload DICOM" button
     sdk.SetRootUri("../neuronova/app/index.html")  # Explorer's Plugins page links to the dashboard
     _register_storage_area(sdk, area)
@@ -103,18 +103,19 @@ def start(sdk) -> None:
 def _load_study_owners(pacs: OrthancPacs, owners: StudyOwners, history: IngestHistory, ledger: Ledger) -> None:
     """Read the stored studies' patients once Orthanc has started (a plugin may not call the database
     while it initializes), in-process: decisions wait for it, and HTTP requests wait while one runs."""
-    for attempt in range(100):
+    attempt = 0
+    while True:  # until it works: meanwhile instances are refused with a status the sender retries
         try:
             studies = pacs.stored_studies()
         except pacs.sdk.OrthancException as error:
-            log.warning("the stored studies cannot be read yet (%s): trying again", error)
-            time.sleep(0.1 * (attempt + 1))
+            attempt += 1
+            log.warning("the stored studies cannot be read yet (%s): trying again (attempt %d)", error, attempt)
+            time.sleep(min(0.1 * attempt, 5.0))
             continue
         owners.load(studies)
         log.info("patients of %d stored studies loaded", len(studies))
         _recover_history(pacs, history, ledger)
         return
-    log.error("the stored studies could not be read: instances are refused with a status to retry")
 
 
 RECENT_CHANGES = 2000  # far more instances than a crash can leave without a row (rows are written every 50 ms)
@@ -234,7 +235,7 @@ def _on_change(sdk, background: BackgroundCompressor, history: IngestHistory, le
     return on_change
 
 
-def _reset_callback(metrics: Metrics, background: BackgroundCompressor, history: IngestHistory, ledger: Ledger):
+def _reset_callback(sdk, metrics: Metrics, background: BackgroundCompressor, history: IngestHistory, ledger: Ledger):
     """POST /tools/reset: Orthanc's restart, which reloads its configuration. Orthanc does it inside
     the process, re-initializing the Python plugin, and numpy cannot be loaded twice in one process:
     the plugin failed and Orthanc stopped for good (measured). So the restart is a new Orthanc in
@@ -243,6 +244,11 @@ def _reset_callback(metrics: Metrics, background: BackgroundCompressor, history:
     def callback(output, uri, **request):
         if request.get("method") != "POST":
             output.SendMethodNotAllowed("POST")
+            return
+        headers = {key.lower(): value for key, value in request.get("headers", {}).items()}
+        refusal = answer(lambda checked: Response(200, b"{}"), Request("POST", uri, headers=headers))
+        if refusal.status != 200:  # a page of another site may not restart the PACS
+            _send(sdk, output, refusal)
             return
         output.AnswerBuffer(b"{}", "application/json")
         threading.Thread(target=_exec_again, args=(metrics, background, history, ledger), daemon=True).start()

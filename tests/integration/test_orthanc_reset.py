@@ -2,6 +2,8 @@
 plugin working. Orthanc restarts inside its process, re-initializing the Python plugin, and numpy
 cannot be loaded twice in one process: Orthanc stopped for good before the plugin took the route."""
 
+import time
+
 import pytest
 
 from support.dicom_files import parse, read_bytes
@@ -42,3 +44,10 @@ def test_reset_brings_orthanc_back_with_the_plugin_and_everything_stored(server)
 
 def test_reset_answers_405_to_other_methods_as_orthanc_does(server):
     assert server.get("/tools/reset").status_code == 405
+
+
+def test_a_page_of_another_site_cannot_restart_orthanc(server):
+    answer = server.post("/tools/reset", headers={"Origin": "http://evil.example", "Content-Type": "text/plain"})
+    assert answer.status_code == 403
+    time.sleep(2)  # an accepted reset restarts within half a second
+    assert server.log_text().count("Orthanc has started") == 1
