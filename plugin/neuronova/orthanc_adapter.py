@@ -102,12 +102,12 @@ def start(sdk) -> None:
 
 def _load_study_owners(pacs: OrthancPacs, owners: StudyOwners, history: IngestHistory, ledger: Ledger) -> None:
     """Read the stored studies' patients once Orthanc has started (a plugin may not call the database
-    while it initializes), in-process: decisions wait for it, and HTTP requests wait while one runs."""
+    while it initializes): decisions wait for it (instances meanwhile refused with a retry status)."""
     attempt = 0
     while True:  # until it works: meanwhile instances are refused with a status the sender retries
         try:
             studies = pacs.stored_studies()
-        except pacs.sdk.OrthancException as error:
+        except NeuroNovaError as error:
             attempt += 1
             log.warning("the stored studies cannot be read yet (%s): trying again (attempt %d)", error, attempt)
             time.sleep(min(0.1 * attempt, 5.0))
@@ -338,12 +338,12 @@ class OrthancPacs:
         return (syntax, codestreams) if syntax in HTJ2K_CONTAINERS else None
 
     def stored_studies(self) -> dict[str, dict[str, str]]:
-        """{StudyInstanceUID: patient tags} of every stored study, a page at a time (in-process: this
-        runs as Orthanc starts, before any removal could wait for the GIL). Raises OrthancException
-        while the plugin initializes."""
+        """{StudyInstanceUID: patient tags} of every stored study, a page at a time, through core_get
+        (orthanc-python 4.0 never frees the answers of in-process calls: NEWS of 4.1). Raises
+        NeuroNovaError while Orthanc cannot answer yet."""
         studies, since, page = {}, 0, 1000
         while True:
-            batch = json.loads(self.sdk.RestApiGet(f"/studies?expand&since={since}&limit={page}"))
+            batch = json.loads(self.core_get(f"/studies?expand&since={since}&limit={page}"))
             for study in batch:
                 tags = study.get("PatientMainDicomTags", {})
                 studies.setdefault(study.get("MainDicomTags", {}).get("StudyInstanceUID", ""), {
