@@ -53,6 +53,7 @@ class UploadSettings:
     max_zip_members: int = 10000
     max_unzipped_bytes: int = 8192 * MIB  # sum of a ZIP's members once inflated: the zip-bomb guard
     max_member_bytes: int = 2048 * MIB
+    max_inflated_bytes: int = 512 * MIB  # a deflated DICOM file once inflated (280 kB can inflate to 1.35 GB)
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,7 @@ def load_settings(orthanc_config: dict) -> Settings:
         max_zip_members=upload.get("MaxZipMembers", int, 10000, _positive, "must be positive"),
         max_unzipped_bytes=upload.get("MaxUnzippedSizeMB", int, 8192, _positive, "must be positive") * MIB,
         max_member_bytes=upload.get("MaxMemberSizeMB", int, 2048, _positive, "must be positive") * MIB,
+        max_inflated_bytes=upload.get("MaxInflatedSizeMB", int, 512, _positive, "must be positive") * MIB,
     )
     upload.done()
 

@@ -92,7 +92,7 @@ class UploadService:
 
     def _store_one(self, data: bytes, patient: Patient | None) -> tuple[str, dict]:
         """(the instance's patient ID, Orthanc's answer) for one validated, assigned and stored file."""
-        dataset = read_dicom(data, self.settings.max_member_bytes)
+        dataset = read_dicom(data, self.settings.max_inflated_bytes)
         sop_instance_uid = dataset.SOPInstanceUID
         if patient is not None:
             changed = assign_patient(dataset, patient)

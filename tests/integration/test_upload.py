@@ -3,9 +3,11 @@
 import io
 import struct
 import zipfile
+import zlib
 
 import pytest
 
+from neuronova.storage.layout import read_meta
 from support.dicom_files import make_zip, parse, read_bytes, tiny_jpeg
 from support.servers import OrthancServer
 
@@ -234,3 +236,38 @@ def test_a_gigabyte_member_of_zeros_in_a_small_zip_is_refused_without_inflating_
     assert results["ct.dcm"]["success"] and not results["zeros.dcm"]["success"]
     assert "no 'DICM' prefix" in results["zeros.dcm"]["error"]
     assert _peak_rss_mib(pacs) - peak_before < 200  # the member was never inflated (it would be 1024 MiB)
+
+
+def _deflate_bomb(inflated_bytes: int) -> bytes:
+    """A deflated DICOM file (1.2.840.10008.1.2.1.99) whose dataset inflates to `inflated_bytes`,
+    built a chunk at a time (the test never holds it inflated)."""
+    dataset = parse(read_bytes("CT_small.dcm"))
+    del dataset.PixelData
+    dataset.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    head = io.BytesIO()
+    dataset.save_as(head, enforce_file_format=True)
+    meta_end = read_meta(head.getvalue()).end
+    dataset.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    plain = io.BytesIO()
+    dataset.save_as(plain, enforce_file_format=True)
+    elements = plain.getvalue()[read_meta(plain.getvalue()).end:]
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    padding = inflated_bytes - len(elements) - 12
+    out = [head.getvalue()[:meta_end], compressor.compress(elements),
+           compressor.compress(struct.pack("<HH2sHL", 0x0029, 0x1010, b"OB", 0, padding))]
+    chunk = bytes(16 * 1024 * 1024)
+    for _ in range(padding // len(chunk)):
+        out.append(compressor.compress(chunk))
+    out.append(compressor.compress(bytes(padding % len(chunk))))
+    out.append(compressor.flush())
+    return b"".join(out)
+
+
+def test_a_deflate_bomb_is_refused_without_being_inflated(pacs):
+    bomb = _deflate_bomb(1024 * 1024 * 1024)  # 1 GiB once inflated
+    assert len(bomb) < 2 * 1024 * 1024
+    peak_before = _peak_rss_mib(pacs)
+    answer = pacs.post("/neuronova/upload/P-2024-001234", data=bomb, headers={"Content-Type": "application/dicom"})
+    assert answer.status_code == 413 and "MaxInflatedSizeMB" in answer.json()["error"], answer.text
+    assert _peak_rss_mib(pacs) - peak_before < 700  # inflated up to the 512 MB limit, never the whole GiB
+    assert pacs.instances() == []

@@ -36,15 +36,29 @@ def check_complete(data: bytes, dataset_offset: int, transfer_syntax: str, max_i
 
 
 def inflate(deflated: bytes, limit: int) -> bytes:
-    """A deflated dataset, inflated without ever holding more than `limit` bytes of it."""
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    """A deflated dataset, inflated only once it is known to fit in `limit` bytes: a first pass counts
+    the inflated bytes 16 MB at a time, keeping none (a bomb costs 16 MB, not the limit)."""
+    if _inflated_size(deflated, limit) > limit:
+        raise PayloadTooLarge(f"deflated dataset inflates beyond {limit} bytes (NeuroNova.Upload.MaxInflatedSizeMB)")
     try:
-        data = inflater.decompress(deflated, limit + 1)
+        return zlib.decompress(deflated, -zlib.MAX_WBITS)
+    except zlib.error as error:  # e.g. a stream cut short
+        raise NotDicom(f"deflated dataset cannot be inflated: {error}") from None
+
+
+def _inflated_size(deflated: bytes, limit: int) -> int:
+    """How many bytes the stream inflates to, counted up to just past `limit`."""
+    inflater, size, rest = zlib.decompressobj(-zlib.MAX_WBITS), 0, deflated
+    try:
+        while rest and size <= limit:
+            size += len(inflater.decompress(rest, _INFLATE_CHUNK))
+            rest = inflater.unconsumed_tail
+        return size + len(inflater.flush()) if size <= limit else size
     except zlib.error as error:
         raise NotDicom(f"deflated dataset cannot be inflated: {error}") from None
-    if len(data) > limit:
-        raise PayloadTooLarge(f"deflated dataset inflates beyond {limit} bytes (NeuroNova.Upload.MaxMemberSizeMB)")
-    return data
+
+
+_INFLATE_CHUNK = 16 * 1024 * 1024
 
 
 def meta_end(data: bytes) -> int:
