@@ -189,7 +189,11 @@ def _register_storage_area(sdk, area: StorageArea) -> None:
     dicom = sdk.ContentType.DICOM
 
     def create(uuid, content_type, data):
-        area.create(uuid, content_type == dicom, data)
+        try:
+            area.create(uuid, content_type == dicom, data)
+        finally:
+            if len(data) > _TRIM_AFTER_BYTES:
+                _LIBC.malloc_trim(0)  # the pages a large instance's compression spent go back to the system
 
     def read(uuid, content_type):
         return area.read(uuid)

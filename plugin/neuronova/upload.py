@@ -101,8 +101,10 @@ class UploadService:
                 dcmwrite(buffer, dataset, enforce_file_format=True)
                 data = buffer.getvalue()
                 log.info("Instance %s assigned to the EMR patient (changed %s)", sop_instance_uid, ", ".join(changed))
+        patient_id_in_file = str(dataset.get("PatientID", ""))
+        del dataset  # its copy of the pixels goes before Orthanc receives the file (the peak of an upload)
         stored_patient_id, stored = self._store(data, sop_instance_uid, assigned=patient is not None)
-        return stored_patient_id or str(dataset.get("PatientID", "")), stored
+        return stored_patient_id or patient_id_in_file, stored
 
     def store_prepared(self, data: bytes, sop_instance_uid: str) -> dict:
         """Store a file the plugin built itself (patient already set, as a person chose it): Orthanc's answer."""
