@@ -5,8 +5,11 @@
 What only the plugin can do: answer the frames of an instance the storage area keeps as HTJ2K with
 the stored codestreams, untouched, when the client accepts HTJ2K (``transfer-syntax=*``,
 ``1.2.840.10008.1.2.4.201``, ``type="image/jphc"``, or ``*/*``): what web viewers stream. Colour
-kept with the reversible colour transform is re-encoded without it (see kept_frames). The Python
-plugin is loaded first, so its route on this URI wins over the DICOMweb plugin's for every instance
+is kept with the reversible colour transform (the container says YBR_RCT) and answered so, while
+clients read the instance from Orthanc as received (RGB): the codestream declares its transform
+(COD), which decoders undo, and Cornerstone shows it exactly; labelled YBR_RCT it would clamp
+16-bit colour to 8 bits, and colour without the transform it decodes wrongly (OHIF 3.13.2, README).
+The Python plugin is loaded first, so its route on this URI wins over the DICOMweb plugin's for every instance
 (a plugin cannot hand a request back), and every other request is answered as the DICOMweb plugin
 1.7 answers it, from the received file that Orthanc's core reads. The rest of DICOMweb (metadata,
 instances, rendered, QIDO-RS, STOW-RS) is the DICOMweb plugin's.
@@ -67,7 +70,6 @@ from ..config import DicomWebSettings
 from ..errors import BadRequest, NeuroNovaError, NotFound
 from ..http import Request, Response, allow
 from ..pacs import Pacs
-from ..storage.codec import htj2k
 from .frame_decoding import DECODERS, HTJ2K_SYNTAXES, PIXEL_KEYWORDS, CannotDecode, frame_to_little_endian
 from .frame_encoding import ENCODERS, encode_frame
 
@@ -332,20 +334,6 @@ def pixel_module(tags: dict) -> Dataset:
     return dataset
 
 
-def kept_frames(codestreams: list, numbers: list[int]) -> list:
-    """The storage area's codestreams of these frames, as labelled for the client: untouched, except
-    those of colour frames kept with the reversible colour transform (the container declares YBR_RCT),
-    which are sent re-encoded without it. The client reads the instance from Orthanc, which shows the
-    received file: RGB, and PS3.5 8.2.4 allows RGB only for a codestream without the transform
-    (Cornerstone turns YBR_RCT into 8-bit RGB: 16-bit colour would be clamped)."""
-    answered = {}
-    for number in dict.fromkeys(numbers):
-        codestream = codestreams[number - 1]
-        answered[number] = htj2k.without_colour_transform(codestream) if htj2k.colour_transformed(codestream) \
-            else codestream
-    return [answered[number] for number in numbers]
-
-
 class WadoFrameRoutes:
     def __init__(self, pacs: Pacs, settings: DicomWebSettings):
         self.pacs = pacs
@@ -372,7 +360,7 @@ class WadoFrameRoutes:
         failure = None
         for choice in candidates:
             try:
-                bodies = kept_frames(kept[1], numbers) if choice.kept else \
+                bodies = [kept[1][number - 1] for number in numbers] if choice.kept else \
                     self._frames(instance_id, stored, numbers, choice)
             except CannotDecode as error:  # try the client's next choice
                 failure = failure or error

@@ -15,6 +15,7 @@ from ..http import Request, Response, allow
 from .ohif import DEFAULT_DIST, OhifDist, ViewerMissing, app_config_js, pinned_version
 
 log = logging.getLogger("neuronova.viewer")
+EXPLORER_BUTTONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "explorer-viewer.js")
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -26,6 +27,12 @@ CONTENT_TYPES = {
 # Webpack's content-hashed names never change content: the browser may keep them.
 _HASHED = re.compile(r"(^|[./])[0-9a-f]{16}\.(?:js|wasm|css)$")
 _NOT_SERVED = frozenset({"index.html", "app-config.js", "sw.js", "init-service-worker.js", "google.js"})
+
+
+def explorer_js() -> str:
+    """Orthanc Explorer's "Open in viewer" buttons (study and series pages), for ExtendOrthancExplorer."""
+    with open(EXPLORER_BUTTONS, encoding="utf-8") as script:
+        return script.read()
 
 
 def viewer_path(study_uid: str, series_uid: str = "") -> str:

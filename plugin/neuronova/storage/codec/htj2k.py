@@ -3,8 +3,7 @@
 Lossless needs ``level=0`` and ``reversible=True`` (any level above 0 quantizes).
 OpenJPH applies its colour transform (RCT) to any 3-sample input unless told not
 to, so the caller decides explicitly: ``rct=True`` only where the dataset will
-declare YBR_RCT (the storage area's container does; the received file Orthanc
-shows clients declares RGB, so codestreams sent to them must not carry it).
+declare YBR_RCT.
 
 OpenJPH declares the full sample size (16 bits for 12-bit data); imagecodecs offers
 no way to declare Bits Stored, so callers clear the unused high bits first.
@@ -49,30 +48,3 @@ def decode(codestream: bytes) -> np.ndarray:
         raise CodecUnavailable(reason)
     return imagecodecs.htj2k_decode(codestream, planar=False)
 
-
-
-def colour_transformed(codestream) -> bool:
-    """Whether the codestream's main header declares the multi-component (colour) transform: the MCT
-    byte of its COD segment (ISO/IEC 15444-1 A.6.1). Only YBR_RCT may label such a codestream
-    (PS3.5 8.2.4); RGB only one without it."""
-    data = bytes(codestream[:4096])  # the main header comes first, and is small
-    if data[:4] != b"\xff\x4f\xff\x51":  # SOC, then SIZ
-        raise ValueError("not a JPEG 2000 codestream (no SOC and SIZ markers)")
-    position = 2
-    while position + 4 <= len(data):
-        marker, length = data[position:position + 2], int.from_bytes(data[position + 2:position + 4], "big")
-        if marker == b"\xff\x52":  # COD: Lcod, Scod, then SGcod (progression, layers (2 bytes), MCT)
-            return position + 8 < len(data) and data[position + 8] == 1
-        if marker == b"\xff\x90":  # SOT: the main header ended without COD
-            break
-        position += 2 + length
-    raise ValueError("JPEG 2000 codestream without a COD segment in its main header")
-
-
-def without_colour_transform(codestream) -> bytes:
-    """The same samples in a codestream without the colour transform, checked by decoding it again."""
-    frame = decode(codestream)
-    recoded = encode(frame, rct=False)
-    if not np.array_equal(decode(recoded), frame):
-        raise ValueError("HTJ2K codestream re-encoded without the colour transform does not decode identically")
-    return recoded
