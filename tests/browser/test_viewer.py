@@ -14,9 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import requests
-from playwright.sync_api import expect
-
 from neuronova.storage import container
+from playwright.sync_api import expect
 from support.dicom_files import parse, read_bytes
 from support.servers import OrthancServer, free_port
 
@@ -136,7 +135,7 @@ def test_viewer_shows_the_stored_study_with_the_original_pixels(orthanc, stored_
     session.screenshot(f"viewer-{key}.png")
 
     origin = orthanc.url
-    assert all(url.startswith(origin) or url.startswith(("data:", "blob:")) for _, url, _, _ in responses), \
+    assert all(url.startswith((origin, "data:", "blob:")) for _, url, _, _ in responses), \
         [url for _, url, _, _ in responses if not url.startswith(origin)]
     failed = [(status, url) for status, url, _, _ in responses if not 200 <= status < 300]
     assert not failed, failed
@@ -169,7 +168,7 @@ class _PrefixProxy(BaseHTTPRequestHandler):
 
     target = ""
 
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):
         if not self.path.startswith("/pacs/"):
             self.send_error(404)
             return
@@ -259,3 +258,16 @@ def test_without_the_viewer_installed_the_plugin_works_and_says_so(browsing, tmp
         expect(session.page.locator("a.nn-open-explorer")).to_have_count(1)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("key", ["ct", "mr", "multiframe", "rgb8"])
+def test_rendered_previews_answer_for_what_the_plugin_stores(orthanc, stored_studies, key):
+    """Orthanc's core reads the received files, so the DICOMweb plugin renders them (16-bit colour it
+    renders for no Orthanc: 500 without the plugin too). OHIF draws its thumbnails from the frames."""
+    _, instance = stored_studies[key]
+    tags = orthanc.get(f"/instances/{instance}/tags?simplify").json()
+    series = f"/dicom-web/studies/{tags['StudyInstanceUID']}/series/{tags['SeriesInstanceUID']}"
+    for path in (f"{series}/instances/{tags['SOPInstanceUID']}/rendered", f"{series}/rendered"):
+        answer = orthanc.get(path, headers={"Accept": "image/jpeg"})
+        assert answer.status_code == 200 and answer.headers["Content-Type"] == "image/jpeg", path
+        assert answer.content[:2] == b"\xff\xd8"

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
-from ..http import Request, Response, json_response, query_limit
 from ..errors import MethodNotAllowed, NeuroNovaError, NotFound
+from ..http import Request, Response, json_response, query_limit
 from ..pacs import Pacs
 from ..viewer import viewer_path
 

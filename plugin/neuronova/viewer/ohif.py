@@ -51,7 +51,7 @@ class OhifDist:
     index_html: str  # as built, changed per request by index_for
 
     @classmethod
-    def load(cls, directory: str = DEFAULT_DIST) -> "OhifDist":
+    def load(cls, directory: str = DEFAULT_DIST) -> OhifDist:
         index_path = os.path.join(directory, "index.html")
         if not os.path.isfile(index_path):
             hint = ("run `make setup` (it installs the pinned @ohif/app with npm)" if directory == DEFAULT_DIST
@@ -141,4 +141,4 @@ def app_config_js(dicomweb_root: str) -> bytes:
         }],
     }
     return ("/* Written by the NeuroNova plugin for this Orthanc (neuronova/viewer/ohif.py). */\n"
-            f"window.config = {json.dumps(config, indent=2)};\n").encode("utf-8")
+            f"window.config = {json.dumps(config, indent=2)};\n").encode()
