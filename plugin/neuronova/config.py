@@ -76,6 +76,14 @@ class DicomWebSettings:
 
 
 @dataclass(frozen=True)
+class ViewerSettings:
+    """NeuroNova.Viewer: the OHIF Viewer under /neuronova/viewer/."""
+
+    enabled: bool = True
+    directory: str = ""  # an OHIF dist/ folder; "" for the one `make setup` installs
+
+
+@dataclass(frozen=True)
 class Settings:
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     upload: UploadSettings = field(default_factory=UploadSettings)
@@ -87,6 +95,7 @@ class Settings:
     dicomweb: DicomWebSettings = field(default_factory=DicomWebSettings)
     requests: RequestSettings = field(default_factory=lambda: RequestSettings(16))
     nifti: NiftiSettings = field(default_factory=NiftiSettings)
+    viewer: ViewerSettings = field(default_factory=ViewerSettings)
 
 
 @dataclass(frozen=True)
@@ -266,6 +275,11 @@ def load_settings(orthanc_config: dict) -> Settings:
     history_database = history.get("Database", str, "") or os.path.join(storage, "neuronova", "history.sqlite")
     history.done()
 
+    viewer = root.section("Viewer")
+    viewer_settings = ViewerSettings(enabled=viewer.get("Enabled", bool, True),
+                                     directory=viewer.get("Directory", str, ""))
+    viewer.done()
+
     root.done()
     for key, wanted in (("StorageCompression", False), ("IngestTranscoding", "")):
         if orthanc_config.get(key, wanted) not in (wanted, None, False, ""):
@@ -274,4 +288,4 @@ def load_settings(orthanc_config: dict) -> Settings:
     return Settings(directory_settings, upload_settings, storage_settings, background_settings, reconcile_settings,
                     history_database, os.path.join(storage, "neuronova", "storage.sqlite"),
                     DicomWebSettings.from_orthanc(orthanc_config.get("DicomWeb")), request_settings,
-                    nifti_settings)
+                    nifti_settings, viewer_settings)

@@ -31,6 +31,7 @@ from .storage.background import BackgroundCompressor
 from .storage.ledger import Ledger
 from .ui import explorer_extension_js
 from .upload import UploadService
+from .viewer import explorer_js as viewer_explorer_js
 
 log = logging.getLogger("neuronova")
 HTJ2K_CONTAINERS = frozenset({"1.2.840.10008.1.2.4.201"})
@@ -83,7 +84,8 @@ def start(sdk) -> None:
     for uri, route in api.routes():
         sdk.RegisterRestCallback(uri, _rest_callback(sdk, gate(route)))
     sdk.RegisterRestCallback("/tools/reset", _reset_callback(sdk, metrics, background, history, ledger))
-    sdk.ExtendOrthancExplorer(explorer_extension_js())  # the "Upload DICOM" button
+    # One call (one script per plugin): the "Upload DICOM" button, then "Open in viewer" on studies and series
+    sdk.ExtendOrthancExplorer(explorer_extension_js() + "\n" + viewer_explorer_js())
     sdk.SetRootUri("../neuronova/app/index.html")  # Explorer's Plugins page links to the dashboard
     _register_storage_area(sdk, area)
     sdk.RegisterReceivedInstanceCallback(_received_instance_callback(sdk, ingest))

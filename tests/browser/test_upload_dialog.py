@@ -105,7 +105,7 @@ def test_upload_from_explorer_then_study_list_then_preview(pacs, browsing, files
     expect(rows).to_have_count(2)
 
     # Open it in Orthanc Explorer, go to its series and see the preview (Orthanc's own: HTJ2K only on disk).
-    ct_row.get_by_role("link", name=re.compile("Open the study")).click()
+    ct_row.get_by_role("link", name=re.compile("Open the study .* in Orthanc Explorer")).click()
     expect(page).to_have_url(re.compile(rf"/app/explorer\.html#study\?uuid={ct_study['ID']}$"))
     page.locator("#list-series li a").first.click()
     with page.expect_response(re.compile(r"/instances/[^/]+/preview")) as preview:

@@ -173,6 +173,7 @@ def test_study_list_rows_newest_first_with_counts_sizes_and_saving():
         "saving_percent": 64.0,
         "last_update": "2024-03-01T12:00:00Z",
         "explorer_url": "app/explorer.html#study?uuid=study-2",
+        "viewer_url": "neuronova/viewer/viewer?StudyInstanceUIDs=1.2.3.2",
     }
     # No history for a study (stored before the plugin, or history not kept): no saving, not zero.
     assert answer_["studies"][1]["saved_bytes"] is None and answer_["studies"][1]["saving_percent"] is None
@@ -216,6 +217,11 @@ def test_a_failing_history_leaves_the_saving_empty():
 
 def test_empty_pacs():
     assert study_list(StudyList(FakePacs([]), FakeHistory({}))) == {"success": True, "studies": [], "total": 0}
+
+
+def test_study_list_says_whether_the_viewer_can_open_studies():
+    status = {"available": False, "error": "the OHIF Viewer is not installed", "pinned": "3.13.2"}
+    assert study_list(StudyList(FakePacs([]), viewer=lambda: status))["viewer"] == status
 
 
 @pytest.mark.parametrize("limit", ["0", "501", "-3", "ten", ""])

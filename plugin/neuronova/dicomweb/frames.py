@@ -4,8 +4,12 @@
 
 What only the plugin can do: answer the frames of an instance the storage area keeps as HTJ2K with
 the stored codestreams, untouched, when the client accepts HTJ2K (``transfer-syntax=*``,
-``1.2.840.10008.1.2.4.201``, ``type="image/jphc"``, or ``*/*``): what web viewers stream. The Python
-plugin is loaded first, so its route on this URI wins over the DICOMweb plugin's for every instance
+``1.2.840.10008.1.2.4.201``, ``type="image/jphc"``, or ``*/*``): what web viewers stream. Colour
+is kept with the reversible colour transform (the container says YBR_RCT) and answered so, while
+clients read the instance from Orthanc as received (RGB): the codestream declares its transform
+(COD), which decoders undo, and Cornerstone shows it exactly; labelled YBR_RCT it would clamp
+16-bit colour to 8 bits, and colour without the transform it decodes wrongly (OHIF 3.13.2, README).
+The Python plugin is loaded first, so its route on this URI wins over the DICOMweb plugin's for every instance
 (a plugin cannot hand a request back), and every other request is answered as the DICOMweb plugin
 1.7 answers it, from the received file that Orthanc's core reads. The rest of DICOMweb (metadata,
 instances, rendered, QIDO-RS, STOW-RS) is the DICOMweb plugin's.

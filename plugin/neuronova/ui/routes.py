@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Protocol
 
-from ..http import Request, Response, json_response, query_limit
 from ..errors import MethodNotAllowed, NeuroNovaError, NotFound
+from ..http import Request, Response, json_response, query_limit
 from ..pacs import Pacs
+from ..viewer import viewer_path
 
 log = logging.getLogger("neuronova.ui")
 
@@ -96,10 +98,12 @@ class StudySizes(Protocol):
 class StudyList:
     """GET /neuronova/studies?limit=N: the RIS dashboard's study list, most recently received first."""
 
-    def __init__(self, pacs: Pacs, history: StudySizes | None = None, window: int = STUDY_LIST_WINDOW):
+    def __init__(self, pacs: Pacs, history: StudySizes | None = None, window: int = STUDY_LIST_WINDOW,
+                 viewer: Callable[[], dict] | None = None):
         self.pacs = pacs
         self.history = history
         self.window = window
+        self.viewer = viewer  # the viewer's status: whether "Open in viewer" can work, else why not
 
     def __call__(self, request: Request) -> Response:
         if request.method != "GET":
@@ -119,7 +123,10 @@ class StudyList:
             except NeuroNovaError as error:  # deleted meanwhile: leave it out
                 log.info("Study %s left out of the list: %s", study.get("ID"), error)
         self._add_savings(rows)
-        return json_response(200, {"success": True, "studies": rows, "total": total})
+        listed = {"success": True, "studies": rows, "total": total}
+        if self.viewer is not None:
+            listed["viewer"] = self.viewer()
+        return json_response(200, listed)
 
     def _get(self, uri: str):
         return json.loads(self.pacs.core_get(uri))
@@ -150,6 +157,7 @@ class StudyList:
             "saving_percent": None,
             "last_update": _iso_datetime(study.get("LastUpdate", "")),
             "explorer_url": f"app/explorer.html#study?uuid={study_id}",
+            "viewer_url": viewer_path(tags["StudyInstanceUID"]) if tags.get("StudyInstanceUID") else None,
         }
 
     def _add_savings(self, rows: list[dict]) -> None:

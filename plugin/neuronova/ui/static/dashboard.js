@@ -16,6 +16,7 @@
   var JOB_POLL_MS = 2000;
 
   var studies = [];
+  var viewer = null;  // the plugin's word on the OHIF Viewer: {available, version} or {available: false, error}
   var known = null;  // study IDs shown before, to highlight what arrived since
   var fresh = {};
   var loading = null;
@@ -101,16 +102,33 @@
         span(saving, formatBytes(study.saved_bytes) + ' (' + study.saving_percent + '%)', 'nn-saving').title =
           formatBytes(study.received_bytes) + ' received';
       }
-      var open = cell(row);
-      var link = document.createElement('a');
-      link.className = 'nn-open';
-      link.href = new URL(study.explorer_url, ORTHANC_ROOT).href;
-      link.textContent = 'Open in Explorer';
-      link.setAttribute('aria-label', 'Open the study ' + (study.study_description || study.study_date || '') +
-        ' of ' + (study.patient_name || study.patient_id) + ' in Orthanc Explorer');
-      open.appendChild(link);
+      var open = cell(row, undefined, 'nn-open-cell');
+      var which = 'the study ' + (study.study_description || study.study_date || '') + ' of ' +
+        (study.patient_name || study.patient_id);
+      if (study.viewer_url && viewer && viewer.available) {
+        openLink(open, study.viewer_url, 'Open in viewer', 'Open ' + which + ' in the OHIF Viewer', 'nn-open-viewer')
+          .target = '_blank';
+      }
+      openLink(open, study.explorer_url, 'Open in Explorer', 'Open ' + which + ' in Orthanc Explorer', 'nn-open-explorer');
       body.appendChild(row);
     });
+  }
+
+  function openLink(parent, url, text, label, className) {
+    var link = document.createElement('a');
+    link.className = 'nn-open ' + className;
+    link.href = new URL(url, ORTHANC_ROOT).href;
+    link.textContent = text;
+    link.setAttribute('aria-label', label);
+    parent.appendChild(link);
+    return link;
+  }
+
+  /** Why "Open in viewer" is missing, when the plugin could not set the viewer up. */
+  function showViewerStatus() {
+    var note = $('nn-viewer-note');
+    note.textContent = viewer && !viewer.available ? 'The viewer is not available: ' + viewer.error + '.' : '';
+    note.hidden = !note.textContent;
   }
 
   function showError(text) {
@@ -143,6 +161,8 @@
     loading = requestJson(STUDIES_URL)
       .then(function (answer) {
         studies = answer.studies;
+        viewer = answer.viewer || null;
+        showViewerStatus();
         if (known !== null) {
           studies.forEach(function (study) {
             if (!known[study.id]) {
