@@ -61,6 +61,23 @@ class OrthancServer:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> "OrthancServer":
+        """Start Orthanc; when another process took one of its free ports meanwhile (tests run side by
+        side on this machine), it starts again on new ones."""
+        for _ in range(2):
+            logged_before = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+            try:
+                return self._start(timeout)
+            except RuntimeError:
+                with open(self.log_path, encoding="utf-8", errors="replace") as log_file:
+                    log_file.seek(logged_before)
+                    if "already in use" not in log_file.read():
+                        raise
+            self.http_port, self.dicom_port = free_port(), free_port()
+            self.config.update(HttpPort=self.http_port, DicomPort=self.dicom_port)
+            self.url = f"http://127.0.0.1:{self.http_port}"
+        return self._start(timeout)
+
+    def _start(self, timeout: float) -> "OrthancServer":
         os.makedirs(self.data_dir, exist_ok=True)
         config_path = os.path.join(self.data_dir, "orthanc.json")
         with open(config_path, "w", encoding="utf-8") as config_file:
