@@ -338,7 +338,9 @@ class OrthancPacs:
                 stored = stored_file.read()
         except (NotFound, CoreCannotAnswer, OSError, KeyError, ValueError, StorageError):
             return None
-        if not container.is_container(stored):
+        if not container.is_container(stored) or container.read_recipe(stored).layout.planar:
+            # PlanarConfiguration 1: the metadata says planar, a decoded codestream is interleaved, and
+            # a viewer that follows the metadata (Cornerstone) would read the samples as planes
             return None
         syntax, codestreams = container.frame_codestreams(stored)
         return (syntax, codestreams) if syntax in HTJ2K_CONTAINERS else None
