@@ -20,11 +20,12 @@ from .http import Request, RequestGate, Response, answer
 from .config import Settings, load_settings
 from .directory import EmbeddedRegistry, PatientDirectory
 from .errors import BadRequest, CoreCannotAnswer, NeuroNovaError, NotFound, StorageFull, StoreRejected
-from .history import HistoryEntry, IngestHistory
+from .history import IngestHistory
+from .history_recovery import recover_missing_rows
 from .ingest import DISCARD, MODIFY, Ingest
 from .logs import keep_libraries_at_debug
 from .metrics import Metrics
-from .reconcile import RECOVERED, Reconciler, StudyOwners
+from .reconcile import Reconciler, StudyOwners
 from .storage import container
 from .storage.area import StorageArea, StorageError
 from .storage.background import BackgroundCompressor
@@ -116,50 +117,8 @@ def _load_study_owners(pacs: OrthancPacs, owners: StudyOwners, history: IngestHi
             continue
         owners.load(studies)
         log.info("patients of %d stored studies loaded", len(studies))
-        _recover_history(pacs, history, ledger)
+        recover_missing_rows(pacs.core_get, history, ledger.sizes)
         return
-
-
-RECENT_CHANGES = 2000  # far more instances than a crash can leave without a row (rows are written every 50 ms)
-
-
-def _recover_history(pacs: OrthancPacs, history: IngestHistory, ledger: Ledger) -> None:
-    """Every stored instance has its history row. The row is written just after Orthanc commits the
-    instance (the stored-instance callback), so a process killed in between leaves an instance
-    without one: the instances among Orthanc's latest changes that have no row get one, "recovered"
-    (what was decided is not known any more; what is stored is). Through core_get: on loopback with
-    orthanc-python 4.0, whose in-process calls would hold the GIL while Orthanc removes files."""
-    try:
-        last = json.loads(pacs.core_get("/changes?last")).get("Last", 0)
-        since, instances = max(0, last - RECENT_CHANGES), []
-        while since < last:
-            page = json.loads(pacs.core_get(f"/changes?since={since}&limit=1000"))
-            instances += [change["ID"] for change in page.get("Changes", []) if change.get("ChangeType") == "NewInstance"]
-            if page.get("Done", True) or not page.get("Changes"):
-                break
-            since = page.get("Last", last)
-        files = {}
-        for instance in instances:
-            try:
-                files[json.loads(pacs.core_get(f"/instances/{instance}/attachments/dicom/info"))["Uuid"]] = instance
-            except NotFound:
-                continue  # deleted since
-        recorded = history.recorded_attachments(list(files))
-        missing = [uuid for uuid in files if uuid not in recorded]
-        for uuid in missing:
-            tags = json.loads(pacs.core_get(f"/instances/{files[uuid]}/tags?simplify"))
-            sizes = ledger.sizes(uuid)
-            history.record(HistoryEntry(
-                path="unknown", remote="", sop_instance_uid=tags.get("SOPInstanceUID", ""),
-                study_instance_uid=tags.get("StudyInstanceUID", ""), patient_before="",
-                patient_after=tags.get("PatientID", ""), action=RECOVERED, syntax_before="", syntax_after="",
-                bytes_before=sizes[0], bytes_after=sizes[1], duration_ms=0.0, attachment=uuid,
-                error="stored just before Orthanc stopped abruptly: row written at the next start"))
-        if missing:
-            log.warning("%d instances stored just before Orthanc stopped abruptly had no history row: recorded as "
-                        "'recovered'", len(missing))
-    except (NeuroNovaError, ValueError, KeyError) as error:
-        log.error("the history could not be checked against Orthanc's latest instances: %s", type(error).__name__)
 
 
 def _sdk_releases_the_gil(sdk, orthanc_config: dict) -> bool:
