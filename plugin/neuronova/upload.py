@@ -37,7 +37,38 @@ def _member_failure(error: Exception) -> NeuroNovaError:
     """An unexpected failure of one member, answered without internals (the log has its type)."""
     log.error("ZIP member failed unexpectedly: %s", type(error).__name__)
     log.debug("ZIP member failure", exc_info=error)
-    return BadRequest(f"this file could not be stored ({type(error).__name__})")
+    return BadRequest("this file could not be stored (an internal error: see Orthanc's log)")
+
+
+_UTF8_NAMES = 0x800  # general purpose flag bit 11: the member's name is UTF-8
+
+
+def _open_zip(body: bytes) -> zipfile.ZipFile:
+    """The archive; one whose names say UTF-8 and are not (Python's zipfile then cannot read it at all)
+    is read again with its names taken byte for byte, so that every member still gets its result."""
+    try:
+        return zipfile.ZipFile(BytesIO(body))
+    except UnicodeDecodeError:
+        relabelled = _without_utf8_flags(body)
+    except Exception as error:  # zipfile raises many types for a damaged central directory
+        raise BadRequest(f"unreadable ZIP archive: {error}") from None
+    try:
+        return zipfile.ZipFile(BytesIO(relabelled))
+    except Exception as error:
+        raise BadRequest(f"unreadable ZIP archive: {error}") from None
+
+
+def _without_utf8_flags(body: bytes) -> bytes:
+    """The ZIP with flag bit 11 cleared in its local and central headers (names then read as CP437)."""
+    data = bytearray(body)
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.find(signature)
+        while at >= 0:
+            if at + flags_at + 2 <= len(data):
+                flags = int.from_bytes(data[at + flags_at:at + flags_at + 2], "little")
+                data[at + flags_at:at + flags_at + 2] = (flags & ~_UTF8_NAMES).to_bytes(2, "little")
+            at = data.find(signature, at + 4)
+    return bytes(data)
 
 
 class UploadService:
@@ -128,12 +159,9 @@ class UploadService:
         return outcome.patient_id, stored
 
     def _upload_zip(self, body: bytes, patient: Patient | None) -> tuple[int, dict]:
-        try:
-            archive = zipfile.ZipFile(BytesIO(body))
-        except Exception as error:  # zipfile raises many types for a damaged central directory
-            raise BadRequest(f"unreadable ZIP archive: {type(error).__name__}: {error}") from None
-        members = [info for info in archive.infolist()
-                   if not info.is_dir() and not info.filename.startswith(_IGNORED_ZIP_PREFIXES)]
+        archive = _open_zip(body)
+        members = [info for info in archive.infolist()  # (ZipInfo.is_dir fails on an empty name)
+                   if not info.filename.endswith("/") and not info.filename.startswith(_IGNORED_ZIP_PREFIXES)]
         self._check_archive(members)
 
         results, first_error = [], None
@@ -198,7 +226,7 @@ class UploadService:
         except NeuroNovaError:
             raise
         except Exception as error:  # corrupt deflate or LZMA streams, unsupported methods, encryption, bad CRC
-            raise BadRequest(f"cannot extract from the ZIP archive: {type(error).__name__}: {error}") from None
+            raise BadRequest(f"cannot extract from the ZIP archive: {error}") from None
         if len(data) > limit:
             raise PayloadTooLarge(f"member inflates beyond its declared {limit} bytes")
         return data

@@ -38,7 +38,7 @@ def read_dicom(data: bytes, max_inflated: int) -> Dataset:
         for _ in dataset.iterall():  # pydicom converts values lazily: an unknown VR fails here, not later
             pass
     except Exception as error:  # pydicom raises many types for malformed input
-        raise NotDicom(f"unreadable DICOM file: {type(error).__name__}: {error}") from None
+        raise NotDicom(f"unreadable DICOM file: {error}") from None
     for (group, element), keyword in _REQUIRED:
         if not str(dataset.get(keyword, "")).strip():
             raise NotDicom(f"({group:04X},{element:04X}) {keyword}: required, missing or empty")
