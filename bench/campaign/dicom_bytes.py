@@ -97,11 +97,11 @@ def pixel_data(elements: list[Element]) -> Element | None:
     return next((e for e in elements if e.tag == PIXEL_DATA), None)
 
 
-def with_fresh_uids(data: bytes) -> bytes:
+def with_fresh_uids(data: bytes, new_uid=generate_uid) -> bytes:
     """The file with new Study / Series / SOP Instance UIDs (meta too): each case is its own instance."""
     dataset = pydicom.dcmread(io.BytesIO(data))
-    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
-    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = new_uid(), new_uid()
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = new_uid()
     out = io.BytesIO()
     dataset.save_as(out, enforce_file_format=True)
     return out.getvalue()

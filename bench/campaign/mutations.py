@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import pydicom
 from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
 from . import dicom_bytes as db
 
@@ -27,6 +28,7 @@ BASES = ("CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bige
          "SC_rgb_2frame.dcm", "liver_1frame.dcm", "image_dfl.dcm")
 EXPLICIT_BASES = ("CT_small.dcm", "MR_small.dcm", "SC_rgb.dcm", "emri_small.dcm", "SC_rgb_2frame.dcm")
 NATIVE_BASES = (*EXPLICIT_BASES, "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "rtdose.dcm")
+WALKABLE_BASES = tuple(b for b in BASES if b != "image_dfl.dcm")  # a deflated body has no element offsets
 RANDOM_KINDS = ("truncate_header", "truncate_pixels", "bitflip_header", "bitflip_pixels", "wrong_length",
                 "wrong_vr", "unknown_vr", "huge_length")
 SYNTAX_LIES = {"jpeg_baseline": "1.2.840.10008.1.2.4.50", "jpeg_lossless": "1.2.840.10008.1.2.4.70",
@@ -54,10 +56,17 @@ def base_file(name: str) -> bytes:
 
 class Generator:
     def __init__(self, seed: int):
+        self.seed = seed
         self.rng = random.Random(seed)
+        self.uids = 0
+
+    def new_uid(self) -> str:
+        """UIDs from the seed too, so that a case's bytes (and the offsets the mutations pick) repeat."""
+        self.uids += 1
+        return generate_uid(entropy_srcs=["neuronova-campaign", str(self.seed), str(self.uids)])
 
     def fresh(self, base: str) -> bytes:
-        return db.with_fresh_uids(base_file(base))
+        return db.with_fresh_uids(base_file(base), self.new_uid)
 
     # -- targeted ----------------------------------------------------------------------------------------
 
@@ -176,7 +185,8 @@ class Generator:
         for index in range(count):
             kind = RANDOM_KINDS[index % len(RANDOM_KINDS)]
             pool = EXPLICIT_BASES if kind in ("wrong_vr", "unknown_vr") else \
-                NATIVE_BASES if kind == "bitflip_pixels" else BASES
+                NATIVE_BASES if kind == "bitflip_pixels" else \
+                WALKABLE_BASES if kind in ("wrong_length", "huge_length") else BASES
             base = self.rng.choice(pool)
             data, note = getattr(self, "mutate_" + kind)(self.fresh(base))
             cases.append(Case(f"{kind}/{index}/{base}", kind, data, note=note))

@@ -321,14 +321,20 @@ def full_disk_once(root: str, plugin: bool, size_mib: int) -> dict:
 
 # -- kill -9 during a ZIP upload -----------------------------------------------------------------------------
 
-def kill_during_zip(root: str, members: int) -> dict:
+def kill_during_zip(root: str, members: int, fractions: tuple[float, ...] = (0.25, 0.5, 0.75)) -> list[dict]:
+    """A ZIP of `members` CTs to the upload route, Orthanc killed (SIGKILL) once `fraction` of them is stored,
+    restarted on the same folder: the history and the stored instances must name the same instances."""
+    return [kill_during_zip_once(root, members, fraction) for fraction in fractions]
+
+
+def kill_during_zip_once(root: str, members: int, fraction: float) -> dict:
     server = Managed("plugin-kill9", root, True).start()
     try:
         copies = fresh_copies(members, ("CT_small.dcm",))
         archive = make_zip([(f"{index:04d}.dcm", data, 8) for index, (_, data) in enumerate(copies)])
         thread = threading.Thread(target=lambda: _post_quietly(server.url + "/neuronova/upload", archive), daemon=True)
         thread.start()
-        reached = wait_for(lambda: _count(server) >= members // 4, 120, 0.05)
+        reached = wait_for(lambda: _count(server) >= members * fraction, 120, 0.02)
         stored_when_killed = _count(server)
         server.kill9()
         thread.join(30)
@@ -339,8 +345,8 @@ def kill_during_zip(root: str, members: int) -> dict:
         stored = {i["MainDicomTags"]["SOPInstanceUID"] for i in instances}
         rows = server.get("/neuronova/history?limit=10000").json().get("entries", [])
         named = {row["sop_instance_uid"] for row in rows if row.get("action") != "rejected"}
-        return {"members": members, "killed_after_stored": stored_when_killed, "reached_quarter": bool(reached),
-                "stored_after_restart": len(stored), "history_rows": len(rows),
+        return {"members": members, "kill_at": fraction, "killed_after_stored": stored_when_killed,
+                "reached": bool(reached), "stored_after_restart": len(stored), "history_rows": len(rows),
                 "rows_without_instance": len(named - stored), "instances_without_row": len(stored - named),
                 "ok": named == stored}
     finally:
@@ -364,33 +370,46 @@ def _count(server: Managed) -> int:
 # -- POST /tools/reset ---------------------------------------------------------------------------------------
 
 def tools_reset(root: str) -> list[dict]:
+    """POST /tools/reset (Orthanc restarts in the same process) after a first upload; then the plugin must
+    still answer and compress (its storage counters count a second compressed file)."""
     out = []
     for plugin in (True, False):
         server = Managed("plugin-reset" if plugin else "plain-reset", root, plugin).start()
         try:
+            route = "/neuronova/upload" if plugin else "/instances"
+            first = _upload_ct(server, route)
             offset = server.log_size()
             try:
                 status = requests.post(server.url + "/tools/reset", timeout=30).status_code
             except requests.RequestException as error:
                 status = type(error).__name__
+            time.sleep(2.0)
             back = wait_for(lambda: server.answers(2.0), 60, 0.5)
-            item = {"server": server.label, "reset_status": status, "alive": server.dead() is None,
-                    "system_answers": bool(back)}
-            if back and plugin:
-                ct = db.with_fresh_uids(open(db.pydicom.data.get_testdata_file("CT_small.dcm"), "rb").read())
-                try:
-                    response = requests.post(server.url + "/neuronova/upload", data=ct, timeout=60,
-                                             headers={"Content-Type": "application/dicom"})
-                    item["upload_after_reset"] = response.status_code
-                    item["plugin_works"] = response.status_code == 200 and response.json().get("success") is True
-                except (requests.RequestException, ValueError) as error:
-                    item["upload_after_reset"] = type(error).__name__
-                    item["plugin_works"] = False
+            item = {"server": server.label, "upload_before_reset": first, "reset_status": status,
+                    "alive": server.dead() is None, "system_answers": bool(back)}
+            if back:
+                item["upload_after_reset"] = _upload_ct(server, route)
+                if plugin:
+                    try:
+                        storage = requests.get(server.url + "/neuronova/storage", timeout=30).json()
+                        item["compressed_files"] = storage.get("compressed_files")
+                    except (requests.RequestException, ValueError) as error:
+                        item["compressed_files"] = type(error).__name__
             item["log"] = server.log_since(offset, 5)
             if server.dead() is not None:
                 item["exit"] = server.dead()
-            item["ok"] = item["system_answers"] and item.get("plugin_works", True)
+            item["ok"] = bool(back) and item.get("upload_after_reset") == 200 and \
+                (not plugin or item.get("compressed_files") == 2)
             out.append(item)
         finally:
             server.stop()
     return out
+
+
+def _upload_ct(server: Managed, route: str) -> int | str:
+    ct = db.with_fresh_uids(open(db.pydicom.data.get_testdata_file("CT_small.dcm"), "rb").read())
+    try:
+        return requests.post(server.url + route, data=ct, timeout=60,
+                             headers={"Content-Type": "application/dicom"}).status_code
+    except requests.RequestException as error:
+        return type(error).__name__

@@ -11,7 +11,7 @@ COLUMNS = ("sent", "accepted", "refused_clear", "refused_unclear", "http_500", "
 
 
 def counts(results: list[Result]) -> dict:
-    row = {column: 0 for column in COLUMNS}
+    row = {column: 0 for column in COLUMNS} | {"plain_nondeterministic": 0}
     for r in results:
         if r.outcome != "not_sent":
             row["sent"] += 1
@@ -21,6 +21,7 @@ def counts(results: list[Result]) -> dict:
         row["members_lost"] += r.members_lost
         row["valid_refused"] += r.valid_refused
         row["leaks_internals"] += r.leaks_internals
+        row["plain_nondeterministic"] = row.get("plain_nondeterministic", 0) + r.plain_nondeterministic
     row["pixels_checked"] = sum(r.pixels_checked for r in results)
     return row
 
@@ -107,3 +108,36 @@ def probe_line(item: dict) -> str:
     if item.get("log"):
         text += f" | log: {item['log'][0][:160]}"
     return text
+
+
+def markdown(report: dict) -> str:
+    """The figures and the defect list as Markdown (for the issue's closing note)."""
+    lines = [f"Campaign of {report['started']}: seed {report['seed']}, {report['cases']} cases "
+             f"({report['count']} random), commit {report['git']['commit'][:10]}"
+             f"{' (dirty)' if report['git']['dirty'] else ''}, {report['orthanc']}, {report['seconds']:.0f} s.", ""]
+    header = "| server / path | " + " | ".join(COLUMNS) + " |"
+    lines += [header, "|" + "---|" * (len(COLUMNS) + 1)]
+    for server in ("plugin", "plain"):
+        if server not in report["totals"]:
+            continue
+        rows = {f"**{server}**": report["totals"][server],
+                **{f"{server} {path}": row for path, row in report["per_path"][server].items()}}
+        for name, row in rows.items():
+            lines.append(f"| {name} | " + " | ".join(str(row[c]) for c in COLUMNS) + " |")
+    if "plugin" in report["per_kind"]:
+        lines += ["", "Plugin, per mutation kind (all paths):", "", "| kind | " + " | ".join(COLUMNS) + " |",
+                  "|" + "---|" * (len(COLUMNS) + 1)]
+        for kind, row in report["per_kind"]["plugin"].items():
+            lines.append(f"| {kind} | " + " | ".join(str(row[c]) for c in COLUMNS) + " |")
+    lines += ["", "Defects (most serious first; plain = plugin-less Orthanc, same case, same path):", ""]
+    for d in report["defects"]:
+        log = f" Log: `{d['log'][0][:220]}`" if d["log"] else ""
+        plain = d["plain_outcome_same_case"]
+        lines.append(f"- **{d['what']}** {d['server']} `{d['path']}` {d['kind']} x{d['count']} "
+                     f"(e.g. `{d['example_case']}`): {d['status']} `{d['detail'][:200]}`; plain: {plain}"
+                     f" ({d['plain_also_defect']} of {d['count']} also a defect there).{log}")
+    lines += ["", "Probes:", ""]
+    for name, items in report.get("probes", {}).items():
+        for item in items if isinstance(items, list) else [items]:
+            lines.append(f"- {name}: {probe_line(item)}")
+    return "\n".join(lines) + "\n"

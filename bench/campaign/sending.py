@@ -27,7 +27,8 @@ pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True  # send the file's own bytes
 logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
 
 # What an answer must not show: a Python traceback, source files, server paths.
-INTERNALS = re.compile(r'Traceback|File "/|\.py", line|/usr/lib/python|site-packages|/work/|/tmp/')
+INTERNALS = re.compile(r'Traceback|File "/|\.py", line|/usr/lib/python|site-packages|/work/|/tmp/|internal error:|'
+                       r'\b[A-Z]\w*(Error|Exception): |sys\.set_int_max_str_digits')
 OUTCOMES = ("accepted", "refused_clear", "refused_unclear", "http_500", "other", "aborted", "crash", "hang",
             "not_sent")
 DEFECTS = ("refused_unclear", "http_500", "other", "aborted", "crash", "hang")
@@ -51,6 +52,7 @@ class Result:
     pixels_checked: int = 0
     members_lost: int = 0
     valid_refused: bool = False   # a well-formed file (a control) not accepted
+    plain_nondeterministic: bool = False  # C-STORE: plain Orthanc's own copies of this file differ
     log: list[str] = field(default_factory=list)
     readback_sha: dict = field(default_factory=dict)   # SOP UID -> sha256 of what GET /file gave back
 
