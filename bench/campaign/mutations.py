@@ -46,6 +46,7 @@ class Case:
     paths: tuple[str, ...] = DICOM_PATHS
     note: str = ""
     valid: bool = False           # a well-formed file: must be accepted, byte-exact
+    as_received: bool = False     # header values the codecs cannot honour: must be kept on disk as received
     meta: dict = field(default_factory=dict)
 
 
@@ -90,11 +91,14 @@ class Generator:
                           note="meta says explicit VR, body is implicit"))
         cases += [
             Case(f"invalid_value/PixelRepresentation=2/{ct}", "pixel_representation_2",
-                 self.edited(ct, PixelRepresentation=2), note="Pixel Representation 2 (only 0/1 exist)"),
+                 self.edited(ct, PixelRepresentation=2), note="Pixel Representation 2 (only 0/1 exist)",
+                 as_received=True),
             Case("invalid_value/PlanarConfiguration=2/SC_rgb.dcm", "planar_configuration_2",
-                 self.edited("SC_rgb.dcm", PlanarConfiguration=2), note="Planar Configuration 2 (only 0/1 exist)"),
+                 self.edited("SC_rgb.dcm", PlanarConfiguration=2), note="Planar Configuration 2 (only 0/1 exist)",
+                 as_received=True),
             Case(f"invalid_value/BitsStored=20/{ct}", "bits_stored_gt_allocated",
-                 self.edited(ct, BitsStored=20, HighBit=19), note="Bits Stored 20 > Bits Allocated 16"),
+                 self.edited(ct, BitsStored=20, HighBit=19), note="Bits Stored 20 > Bits Allocated 16",
+                 as_received=True),
             Case("invalid_value/BitsStored=12,HighBit=15/MR_small.dcm", "bits_stored_gt_allocated",
                  self.edited("MR_small.dcm", BitsStored=12, HighBit=15), note="High Bit not Bits Stored - 1"),
         ]

@@ -52,6 +52,7 @@ class Result:
     pixels_checked: int = 0
     members_lost: int = 0
     valid_refused: bool = False   # a well-formed file (a control) not accepted
+    not_as_received: int = 0      # an invalid header (e.g. Pixel Representation 2) transcoded anyway
     plain_nondeterministic: bool = False  # C-STORE: plain Orthanc's own copies of this file differ
     log: list[str] = field(default_factory=list)
     readback_sha: dict = field(default_factory=dict)   # SOP UID -> sha256 of what GET /file gave back
@@ -59,7 +60,7 @@ class Result:
     @property
     def defect(self) -> bool:
         return (self.outcome in DEFECTS or self.leaks_internals or self.byte_mismatch or self.pixel_mismatch
-                or self.members_lost > 0 or self.valid_refused)
+                or self.members_lost > 0 or self.valid_refused or self.not_as_received > 0)
 
 
 def stow_body(data: bytes) -> tuple[bytes, str]:
@@ -235,6 +236,9 @@ class Sender:
                 result.byte_mismatch += 1
                 result.detail = (result.detail + f"; read back {len(back)} B differ from the {len(sent)} B sent")[:600]
             disk = server.disk_file(instance)
+            if case.as_received and disk is not None and disk != back and server.plugin:
+                result.not_as_received += 1
+                result.detail = (result.detail + "; transcoded on disk although its header is invalid")[:600]
             if disk is not None and disk != back:
                 checked, equal, why = pixels_equal(back, disk)
                 result.pixels_checked += checked
