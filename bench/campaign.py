@@ -126,6 +126,7 @@ def main() -> int:
                   flush=True)
             senders = {m.label: Sender(args.timeout, root) for m in (plugin, plain)}
             results = run_mutations(cases, plugin, plain, senders)
+            out["phase_seconds"] = {"mutations": round(time.monotonic() - started)}
         out["cases"] = out.get("cases", 0)
         for name, fn in (("json", lambda: probes.nested_json(plugin, plain)),
                          ("frames", lambda: probes.frame_numbers(plugin, plain)),
@@ -135,7 +136,9 @@ def main() -> int:
                                                                    (plain, "rest"))])):
             if name in selected:
                 print(f"probe {name}", flush=True)
+                began = time.monotonic()
                 out["probes"][name] = fn()
+                out.setdefault("phase_seconds", {})[name] = round(time.monotonic() - began)
         out["servers"] = {m.label: {"crashes": m.crashes, "hangs": m.hangs, "restarts": m.restarts}
                           for m in (plugin, plain)}
     finally:
@@ -147,10 +150,12 @@ def main() -> int:
                      ("reset", lambda: probes.tools_reset(root))):
         if name in selected:
             print(f"probe {name}", flush=True)
+            began = time.monotonic()
             try:
                 out["probes"][name] = fn()
             except Exception as error:  # a probe that cannot run is reported, the campaign goes on
                 out["probes"][name] = {"error": f"{type(error).__name__}: {error}"}
+            out.setdefault("phase_seconds", {})[name] = round(time.monotonic() - began)
     out.update(summarize(results))
     out["results"] = json_safe(results)
     out["seconds"] = time.monotonic() - started

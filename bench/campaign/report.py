@@ -101,11 +101,15 @@ def print_report(report: dict) -> None:
         print(f"\nProbe {name}:")
         for item in items if isinstance(items, list) else [items]:
             print("  " + probe_line(item))
+    print(f"\nSeconds per phase: {report.get('phase_seconds', {})}")
     print(f"\nJSON: {report['json_path']}")
 
 
 def probe_line(item: dict) -> str:
-    keep = {k: v for k, v in item.items() if k not in ("log", "body", "answer") and v not in (None, "", [])}
+    keep = {k: v for k, v in item.items() if k not in ("log", "body", "answer", "paths") and v not in (None, "", [])}
+    if item.get("paths"):  # full disk: one short entry per path
+        keep["paths"] = "; ".join(f"{p['path']} {p['status']} {p['outcome']}{'' if p['ok'] else ' (wrong)'}"
+                                  for p in item["paths"])
     text = ", ".join(f"{k}={v}" for k, v in keep.items())
     if item.get("log"):
         text += f" | log: {item['log'][0][:160]}"
