@@ -95,7 +95,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--count", type=int, default=None, help="random mutations (default 300; --quick 24)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: few mutations, memory probes at 1/10 size, 20 concurrent clients")
+                        help="smoke run: few mutations, memory probes at 1/10 size (upload route only), 20 clients")
     parser.add_argument("--only", default="mutations," + ",".join(PROBES),
                         help=f"comma-separated subset of mutations,{','.join(PROBES)}")
     parser.add_argument("--clients", type=int, default=None, help="concurrent uploads (default 100; --quick 20)")
@@ -144,7 +144,7 @@ def main() -> int:
     finally:
         plugin.stop()
         plain.stop()
-    for name, fn in (("memory", lambda: probes.memory(root, scale, 600)),
+    for name, fn in (("memory", lambda: probes.memory(root, scale, 600, upload_only=args.quick)),
                      ("full_disk", lambda: probes.full_disk(root)),
                      ("kill9", lambda: probes.kill_during_zip(root, 60 if args.quick else 200)),
                      ("reset", lambda: probes.tools_reset(root))):

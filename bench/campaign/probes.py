@@ -19,7 +19,7 @@ from support.storage_files import fresh_copies
 
 from . import dicom_bytes as db
 from .mutations import make_zip, zip_with_big_member
-from .sending import INTERNALS, classify_http, stow_body
+from .sending import EXCEPTION_NAMES, INTERNALS, classify_http, stow_body
 from .servers import Managed, wait_for
 
 MIB = 1024 * 1024
@@ -30,7 +30,8 @@ def answer_summary(server: Managed, response: requests.Response | None, error: s
     """Status, a short body, whether it leaks internals, and whether Orthanc survived (crash / hang)."""
     item = {"status": response.status_code if response is not None else None,
             "body": response.text[:300] if response is not None else error,
-            "leaks_internals": bool(response is not None and INTERNALS.search(response.text[:20000]))}
+            "leaks_internals": bool(response is not None and INTERNALS.search(response.text[:20000])),
+            "exception_names": bool(response is not None and EXCEPTION_NAMES.search(response.text[:20000]))}
     item["fault"] = server.after_request(what, log_offset)
     item["log"] = server.last_log
     return item
@@ -201,8 +202,9 @@ def concurrency(server: Managed, route: str, clients: int, limit_seconds: float)
 
 # -- memory --------------------------------------------------------------------------------------------------
 
-def memory(root: str, scale: float, timeout: float) -> list[dict]:
-    """Peak RSS of a fresh Orthanc per kind of request, and its RSS 3 s after the answer."""
+def memory(root: str, scale: float, timeout: float, upload_only: bool = False) -> list[dict]:
+    """Peak RSS of a fresh Orthanc per kind of request, and its RSS 3 s after the answer (`upload_only`: the
+    upload route of the plugin only, for a quick run)."""
     gigabyte = int(1_100_000_000 * scale)
     member = int(1_000_000_000 * scale)
     bomb = int(1_350_000_000 * scale)
@@ -223,6 +225,8 @@ def memory(root: str, scale: float, timeout: float) -> list[dict]:
     ]
     out = []
     for kind, path, make_body, content_type in kinds:
+        if upload_only and path != "upload":
+            continue
         for plugin in ((True, False) if path == "rest" else (True,)):
             out.append(memory_once(root, kind, path, plugin, make_body, content_type, timeout))
     shutil.rmtree(folder, ignore_errors=True)

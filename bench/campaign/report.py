@@ -8,7 +8,7 @@ from .sending import DEFECTS, Result
 
 COLUMNS = ("sent", "accepted", "refused_clear", "refused_unclear", "http_500", "other", "aborted", "crash", "hang",
            "byte_mismatch", "pixel_mismatch", "members_lost", "valid_refused", "not_as_received", "leaks_internals",
-           "not_sent")
+           "exception_names", "not_sent")
 
 
 def counts(results: list[Result]) -> dict:
@@ -23,6 +23,7 @@ def counts(results: list[Result]) -> dict:
         row["valid_refused"] += r.valid_refused
         row["not_as_received"] += bool(r.not_as_received)
         row["leaks_internals"] += r.leaks_internals
+        row["exception_names"] += r.exception_names
         row["plain_nondeterministic"] = row.get("plain_nondeterministic", 0) + r.plain_nondeterministic
     row["pixels_checked"] = sum(r.pixels_checked for r in results)
     return row
@@ -38,7 +39,7 @@ def grouped(results: list[Result], key) -> dict:
 def defect_flags(r: Result) -> list[str]:
     flags = [r.outcome] if r.outcome in DEFECTS else []
     flags += [name for name in ("byte_mismatch", "pixel_mismatch", "members_lost", "valid_refused",
-                                "not_as_received", "leaks_internals") if getattr(r, name)]
+                                "not_as_received", "leaks_internals", "exception_names") if getattr(r, name)]
     return flags
 
 
@@ -65,13 +66,15 @@ def defects(results: list[Result]) -> list[dict]:
 
 
 SEVERITY = {"crash": 0, "pixel_mismatch": 1, "byte_mismatch": 1, "members_lost": 2, "hang": 2, "valid_refused": 3,
-            "not_as_received": 3, "http_500": 4, "leaks_internals": 5, "other": 6, "refused_unclear": 7, "aborted": 8}
+            "not_as_received": 3, "http_500": 4, "leaks_internals": 5, "other": 6, "refused_unclear": 7,
+            "exception_names": 8, "aborted": 9}
 
 
 def print_table(title: str, rows: dict) -> None:
     short = {"refused_clear": "refused", "refused_unclear": "unclear", "http_500": "500", "byte_mismatch": "byte!=",
              "pixel_mismatch": "pixel!=", "members_lost": "lost", "valid_refused": "validX",
-             "not_as_received": "transc", "leaks_internals": "leaks", "not_sent": "unsent", "accepted": "accept"}
+             "not_as_received": "transc", "leaks_internals": "leaks",
+             "exception_names": "excname", "not_sent": "unsent", "accepted": "accept"}
     headers = [short.get(c, c) for c in COLUMNS]
     width = max([len(title)] + [len(str(name)) for name in rows]) + 1
     print(f"\n{title:<{width}}" + "".join(f"{h:>8}" for h in headers))

@@ -26,9 +26,10 @@ from .servers import Managed
 pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True  # send the file's own bytes, never re-encoded by pynetdicom
 logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
 
-# What an answer must not show: a Python traceback, source files, server paths.
-INTERNALS = re.compile(r'Traceback|File "/|\.py", line|/usr/lib/python|site-packages|/work/|/tmp/|internal error:|'
-                       r'\b[A-Z]\w*(Error|Exception): |sys\.set_int_max_str_digits')
+# What an answer must not show: a Python traceback, source files, server paths; and, less serious, the names
+# of Python exceptions (the plugin's own words for what is wrong with a file are expected instead).
+INTERNALS = re.compile(r'Traceback|File "/|\.py", line|/usr/lib/python|site-packages|/work/|/tmp/')
+EXCEPTION_NAMES = re.compile(r'\b[A-Z]\w*(Error|Exception): |\bzlib\.error\b|sys\.set_int_max_str_digits')
 OUTCOMES = ("accepted", "refused_clear", "refused_unclear", "http_500", "other", "aborted", "crash", "hang",
             "not_sent")
 DEFECTS = ("refused_unclear", "http_500", "other", "aborted", "crash", "hang")
@@ -46,6 +47,7 @@ class Result:
     detail: str = ""
     seconds: float = 0.0
     leaks_internals: bool = False
+    exception_names: bool = False
     stored: int = 0
     byte_mismatch: int = 0
     pixel_mismatch: int = 0
@@ -60,7 +62,8 @@ class Result:
     @property
     def defect(self) -> bool:
         return (self.outcome in DEFECTS or self.leaks_internals or self.byte_mismatch or self.pixel_mismatch
-                or self.members_lost > 0 or self.valid_refused or self.not_as_received > 0)
+                or self.members_lost > 0 or self.valid_refused or self.not_as_received > 0
+                or self.exception_names)
 
 
 def stow_body(data: bytes) -> tuple[bytes, str]:
@@ -147,6 +150,7 @@ class Sender:
                 result.status = response.status_code
                 result.outcome, result.detail = classify_http(path, response)
                 result.leaks_internals = bool(INTERNALS.search(response.text[:20000]))
+                result.exception_names = bool(EXCEPTION_NAMES.search(response.text[:20000]))
         except requests.Timeout:
             result.outcome, result.detail = "hang", f"no answer within {self.timeout:.0f} s"
         except requests.ConnectionError as error:
