@@ -118,7 +118,7 @@ def test_a_study_stored_under_another_patient_is_followed_or_rejected(directory)
 
 
 def test_history_filters_newest_first_and_study_sizes(tmp_path):
-    history = IngestHistory(str(tmp_path / "h.sqlite"))
+    history = IngestHistory.sqlite(str(tmp_path / "h.sqlite"))
 
     def entry(sop, study, patient, action, before, after):
         return HistoryEntry("rest", "", sop, study, patient, patient, action, "1.2.840.10008.1.2.1",
