@@ -69,7 +69,8 @@ class SharedStudyOwners:
         self._stopping = threading.Event()
         self._releases: collections.deque[str] = collections.deque()  # orthanc study IDs still to release
         self.round_trips = 0
-        threading.Thread(target=self._listen_forever, name="neuronova-claims-listen", daemon=True).start()
+        self._listener = threading.Thread(target=self._listen_forever, name="neuronova-claims-listen", daemon=True)
+        self._listener.start()
 
     def load(self, studies: dict[str, dict[str, str]]) -> None:
         """Orthanc's stored studies become claims where none exists (a cluster that ran before its
@@ -174,7 +175,7 @@ class SharedStudyOwners:
                         for notification in connection.notifies(timeout=0.2):
                             self._forget(notification.payload)
             except psycopg.Error as error:
-                if self._listening.is_set():
+                if self._listening.is_set() and not self._stopping.is_set():
                     log.warning("lost PostgreSQL's claim notifications (%s): claims are read from the database "
                                 "until they are back", type(error).__name__)
             self._listening.clear()
@@ -182,3 +183,4 @@ class SharedStudyOwners:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._listener.join(timeout=2)
