@@ -80,7 +80,8 @@ class StudyOwners:
     first claim of a study wins, under the reconciler's lock), released when Orthanc deletes the
     study (its change callback calls release). Until loaded, asking waits (LOAD_WAIT_SECONDS at most:
     the loader reads in-process, not through the HTTP server), then raises OwnersNotLoaded: the
-    instance is refused with a status its sender retries, never stored blind."""
+    instance is refused with a status its sender retries, never stored blind. One server's: several
+    servers on one PostgreSQL share theirs (shared_state.claims.SharedStudyOwners)."""
 
     LOAD_WAIT_SECONDS = 30.0
 
@@ -100,13 +101,6 @@ class StudyOwners:
                 self._claim(study_uid, tags)
             self._early.clear()
             self._loaded.set()
-
-    def __call__(self, study_uid: str) -> dict[str, str] | None:
-        self._loaded.wait(self.LOAD_WAIT_SECONDS)
-        with self._lock:
-            if not self._loaded.is_set():
-                raise OwnersNotLoaded("the patients of the stored studies are not read yet (Orthanc is starting)")
-            return self._owners.get(study_uid)
 
     def settle(self, study_uid: str, tags: dict[str, str]) -> dict[str, str]:
         """The study's patient once this claim is made: these tags if the study had none, else the

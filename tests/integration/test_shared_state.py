@@ -107,7 +107,8 @@ def test_claims_refuse_while_postgresql_is_down_and_come_back_with_it(postgres, 
         with pytest.raises(ClaimsUnavailable):
             owners.settle("1.5.2", TAGS["P-B"])
         postgres.start()
-        assert wait_until(lambda: _settles(owners, "1.5.1"), 30, "claims after PostgreSQL restarted")["PatientID"] == "P-A"
+        back = wait_until(lambda: _settles(owners, "1.5.1"), 30, "claims after PostgreSQL restarted")
+        assert back["PatientID"] == "P-A"
     finally:
         if not postgres._has_database():
             postgres.start()
@@ -172,3 +173,15 @@ def test_sqlite_registries_opening_one_new_file_together_seed_it_once(tmp_path):
         path = str(tmp_path / f"registry{trial}.sqlite")
         registries = _at_once(*[lambda: EmbeddedRegistry(path, BUNDLED_SEED)] * 3)
         assert {registry.search("", 500)[1] for registry in registries} == {registries[0].search("", 500)[1]}
+
+
+def test_at_start_old_claims_of_studies_not_stored_are_released_and_stored_studies_claimed(two_states, postgres):
+    alpha, beta = (state.owners for state in two_states)
+    alpha.settle("1.7.old", TAGS["P-A"])  # its instances were refused, or a stopped server never released it
+    alpha.settle("1.7.recent", TAGS["P-A"])  # being stored right now
+    database = two_states[0].database.conninfo.split("dbname=")[1].split()[0]
+    postgres.sql("UPDATE neuronova.study_claims SET claimed_at = now() - interval '1 hour' "
+                 "WHERE study_uid = '1.7.old'", database)
+    beta.load({"1.7.stored": TAGS["P-B"]})  # another server starting: Orthanc's stored studies
+    claims = postgres.sql("SELECT study_uid, patient_id FROM neuronova.study_claims ORDER BY 1", database)
+    assert claims.split() == ["1.7.recent|P-A", "1.7.stored|P-B"]

@@ -21,7 +21,8 @@ def cluster_servers(postgres: PostgresServer, folder: str, database: str | None 
     servers = []
     for name in names:
         overrides = {**postgres.orthanc_overrides(name, database), "NeuroNova": plugin or {}}
-        server = OrthancServer(os.path.join(folder, name), {**overrides, "Plugins": [*plugins, POSTGRESQL_INDEX_PLUGIN]})
+        overrides["Plugins"] = [*plugins, POSTGRESQL_INDEX_PLUGIN]
+        server = OrthancServer(os.path.join(folder, name), overrides)
         server.config["StorageDirectory"] = os.path.join(folder, "storage")  # one storage area for all
         servers.append(server)
     return servers

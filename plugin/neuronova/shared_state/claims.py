@@ -33,6 +33,7 @@ from .database import DATABASE_ERRORS, SharedDatabase
 log = logging.getLogger("neuronova.shared")
 
 CHANNEL = "neuronova_claims"
+STALE_MINUTES = 10
 _TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
 SCHEMA = ("CREATE TABLE IF NOT EXISTS study_claims (study_uid TEXT PRIMARY KEY, orthanc_study_id TEXT NOT NULL, "
           "patient_id TEXT NOT NULL, patient_name TEXT NOT NULL, birth_date TEXT NOT NULL, sex TEXT NOT NULL, "
@@ -51,7 +52,7 @@ class ClaimsUnavailable(OwnersNotLoaded):
 
 
 class SharedStudyOwners:
-    """reconcile.StudyOwners' contract (settle, claim, lookup, load, release) on PostgreSQL."""
+    """reconcile.StudyOwners' contract (settle, claim, load, release) on PostgreSQL."""
 
     RECHECK_SECONDS = 5.0
     CLAIM_TIMEOUT_SECONDS = 2.0  # the received-instance callback waits at most this for a connection
@@ -68,19 +69,26 @@ class SharedStudyOwners:
         self._listening = threading.Event()
         self._stopping = threading.Event()
         self._releases: collections.deque[str] = collections.deque()  # orthanc study IDs still to release
-        self.round_trips = 0
         self._listener = threading.Thread(target=self._listen_forever, name="neuronova-claims-listen", daemon=True)
         self._listener.start()
 
     def load(self, studies: dict[str, dict[str, str]]) -> None:
-        """Orthanc's stored studies become claims where none exists (a cluster that ran before its
-        claims moved to PostgreSQL); every server does it at start, the first row of a study stays."""
+        """At each server's start: Orthanc's stored studies become claims where none exists (a cluster
+        that ran before its claims moved to PostgreSQL; the first row of a study stays), and claims
+        of studies that are not stored, made more than STALE_MINUTES ago, go: their instances were
+        refused after the claim, or the study was deleted by a server that stopped before it could
+        release it (what a single server's in-memory claims forget at its restart)."""
         rows = [self._row(uid, tags) for uid, tags in studies.items() if uid]
         for attempt in range(60):
             try:
                 for start in range(0, len(rows), 1000):
                     self._database.run(lambda connection: connection.cursor().executemany(
                         _BACKFILL, rows[start:start + 1000]), timeout=10.0)
+                pruned = self._database.run(lambda connection: connection.execute(
+                    "DELETE FROM study_claims WHERE claimed_at < now() - make_interval(mins => %s) "
+                    "AND NOT (study_uid = ANY(%s))", (STALE_MINUTES, list(studies))).rowcount, timeout=30.0)
+                if pruned:
+                    log.info("%d claims of studies no longer stored were released", pruned)
                 break
             except DATABASE_ERRORS as error:
                 log.warning("the stored studies cannot be claimed in PostgreSQL yet (%s): trying again",
@@ -112,7 +120,6 @@ class SharedStudyOwners:
                 _CLAIM, self._row(study_uid, tags)).fetchone(), timeout=self.CLAIM_TIMEOUT_SECONDS)
         except DATABASE_ERRORS as error:
             raise ClaimsUnavailable(f"the study claims in PostgreSQL cannot be read ({type(error).__name__})") from None
-        self.round_trips += 1
         owner = dict(zip(_TAGS, row))
         self._remember(study_uid, owner)
         return owner
@@ -131,17 +138,6 @@ class SharedStudyOwners:
             self.settle(study_uid, tags)
         except OwnersNotLoaded as error:
             log.warning("a study stored as it came could not be claimed: %s", error)
-
-    def __call__(self, study_uid: str) -> dict[str, str] | None:
-        owner = self._cached(study_uid)
-        if owner is not None:
-            return owner
-        try:
-            rows = self._database.fetch("SELECT patient_id, patient_name, birth_date, sex FROM study_claims "
-                                        "WHERE study_uid = ?", (study_uid,), timeout=self.CLAIM_TIMEOUT_SECONDS)
-        except DATABASE_ERRORS as error:
-            raise ClaimsUnavailable(f"the study claims in PostgreSQL cannot be read ({type(error).__name__})") from None
-        return dict(zip(_TAGS, rows[0])) if rows else None
 
     def release(self, orthanc_id: str) -> None:
         """Orthanc deleted this study: its row goes, and every server hears it (NOTIFY). Never waits:
