@@ -108,7 +108,8 @@ class Api:
             except ValueError:
                 raise BadRequest(f"since: must be an ISO date or date-time (UTC), got {since!r}") from None
         entries = self.history.query(since=since, study=request.query.get("study", ""),
-                                     patient=request.query.get("patient", ""), action=action, limit=limit)
+                                     patient=request.query.get("patient", ""), action=action,
+                                     server=request.query.get("server", ""), limit=limit)
         return json_response(200, {"success": True, "count": len(entries), "entries": entries})
 
     def storage(self, request: Request) -> Response:

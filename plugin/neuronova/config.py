@@ -84,6 +84,51 @@ class ViewerSettings:
 
 
 @dataclass(frozen=True)
+class SharedStateSettings:
+    """NeuroNova.SharedState: where the claims, the history and the embedded registry live. PostgreSQL
+    (Backend "postgresql", or "auto" with Orthanc's own index in PostgreSQL) for several servers on one
+    index; SQLite under the storage folder for one server."""
+
+    backend: str = "sqlite"  # the backend in force: "sqlite" or "postgresql"
+    connection: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # libpq keywords (password inside)
+    pool_size: int = 4
+    server: str = ""  # names this server in the history rows: DatabaseServerIdentifier, else Name
+
+
+_LIBPQ_KEYS = (("Host", "host"), ("Port", "port"), ("Database", "dbname"), ("Username", "user"),
+               ("Password", "password"))
+
+
+def _shared_state_settings(section: "_Section", orthanc_config: dict) -> SharedStateSettings:
+    backend = section.get("Backend", str, "auto", lambda v: v in ("auto", "sqlite", "postgresql"),
+                          "must be 'auto', 'sqlite' or 'postgresql'")
+    uri = section.get("ConnectionUri", str, "", lambda v: v.startswith(("postgresql://", "postgres://")),
+                      "must be a postgresql:// URI")
+    pool_size = section.get("PoolSize", int, 4, lambda v: 1 <= v <= 100, "must be between 1 and 100")
+    server = section.get("ServerName", str, "")
+    section.done()
+    orthanc_pg = orthanc_config.get("PostgreSQL")
+    orthanc_pg = orthanc_pg if isinstance(orthanc_pg, dict) else {}
+    if backend == "auto":
+        backend = "postgresql" if orthanc_pg.get("EnableIndex") is True else "sqlite"
+    server = (server or str(orthanc_config.get("DatabaseServerIdentifier", "") or "")
+              or str(orthanc_config.get("Name", "") or "") or "orthanc")
+    if backend == "sqlite":
+        return SharedStateSettings(server=server)
+    if uri:
+        connection: tuple = (("conninfo", uri),)
+    elif isinstance(orthanc_pg.get("ConnectionUri"), str) and orthanc_pg["ConnectionUri"]:
+        connection = (("conninfo", orthanc_pg["ConnectionUri"]),)
+    elif orthanc_pg:  # the same database as Orthanc's index, in a schema of the plugin's own ("neuronova")
+        connection = tuple((keyword, str(orthanc_pg[key])) for key, keyword in _LIBPQ_KEYS
+                           if orthanc_pg.get(key) not in (None, ""))
+    else:
+        raise ConfigError(f"{section.path}.ConnectionUri: required with Backend 'postgresql' when Orthanc's "
+                          "configuration has no \"PostgreSQL\" section")
+    return SharedStateSettings("postgresql", connection, pool_size, server)
+
+
+@dataclass(frozen=True)
 class Settings:
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     upload: UploadSettings = field(default_factory=UploadSettings)
@@ -96,6 +141,7 @@ class Settings:
     requests: RequestSettings = field(default_factory=lambda: RequestSettings(16))
     nifti: NiftiSettings = field(default_factory=NiftiSettings)
     viewer: ViewerSettings = field(default_factory=ViewerSettings)
+    shared: SharedStateSettings = field(default_factory=SharedStateSettings)
 
 
 @dataclass(frozen=True)
@@ -279,6 +325,8 @@ def load_settings(orthanc_config: dict) -> Settings:
     viewer_settings = ViewerSettings(enabled=viewer.get("Enabled", bool, True),
                                      directory=viewer.get("Directory", str, ""))
     viewer.done()
+    shared = _shared_state_settings(root.section("SharedState"), orthanc_config)
+    ledger_name = "storage.sqlite" if shared.backend == "sqlite" else f"storage-{_file_safe(shared.server)}.sqlite"
 
     root.done()
     for key, wanted in (("StorageCompression", False), ("IngestTranscoding", "")):
@@ -286,6 +334,10 @@ def load_settings(orthanc_config: dict) -> Settings:
             raise ConfigError(f"{key}: must stay off with the NeuroNova plugin: it compresses in the storage "
                               "area itself, where Orthanc's core never looks")
     return Settings(directory_settings, upload_settings, storage_settings, background_settings, reconcile_settings,
-                    history_database, os.path.join(storage, "neuronova", "storage.sqlite"),
+                    history_database, os.path.join(storage, "neuronova", ledger_name),
                     DicomWebSettings.from_orthanc(orthanc_config.get("DicomWeb")), request_settings,
-                    nifti_settings, viewer_settings)
+                    nifti_settings, viewer_settings, shared)
+
+
+def _file_safe(name: str) -> str:
+    return "".join(char if char.isalnum() or char in "-_" else "_" for char in name)[:64]

@@ -1,33 +1,45 @@
 """The ingest history: one row per instance that passed through the plugin, by any path.
 
 Rows are written by a background thread so that the received-instance callback, which runs one
-instance at a time, never waits for SQLite; a query first waits for pending rows.
+instance at a time, never waits for the database (SQLite, or PostgreSQL for a cluster:
+shared_state); a query first waits for pending rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import sqlite3
+import time
+import uuid
 from dataclasses import dataclass
 
-from .sqlite_writer import SqliteWriter
+from .sqlite_writer import ROUND_SECONDS, SqliteWriter
 
 _COLUMNS = ("time", "path", "remote", "sop_instance_uid", "study_instance_uid", "patient_before", "patient_after",
             "action", "syntax_before", "syntax_after", "bytes_before", "bytes_after", "duration_ms", "error",
-            "attachment")
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS history (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    {", ".join(f"{column} {'INTEGER' if column.startswith('bytes') else 'REAL' if column == 'duration_ms' else 'TEXT'}"
-               for column in _COLUMNS)}
-);
-CREATE INDEX IF NOT EXISTS history_by_time ON history(time);
-CREATE INDEX IF NOT EXISTS history_by_study ON history(study_instance_uid);
-CREATE INDEX IF NOT EXISTS history_by_patient_after ON history(patient_after);
-"""
-_MIGRATIONS = ("ALTER TABLE history ADD COLUMN attachment TEXT",
-               "CREATE INDEX IF NOT EXISTS history_by_attachment ON history(attachment)")
+            "attachment", "server")
+
+
+def _column_types(real: str) -> str:
+    def kind(column: str) -> str:
+        return "BIGINT" if column.startswith("bytes") else real if column == "duration_ms" else "TEXT"
+    return ", ".join(f"{column} {kind(column)}" for column in _COLUMNS)
+
+
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS {table}_by_time ON {table}(time);
+CREATE INDEX IF NOT EXISTS {table}_by_study ON {table}(study_instance_uid);
+CREATE INDEX IF NOT EXISTS {table}_by_patient_after ON {table}(patient_after)"""
+_SQLITE_SCHEMA = (f"CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, {_column_types('REAL')});"
+                  + _INDEXES.format(table="history") + ";")
+_SQLITE_MIGRATIONS = ("ALTER TABLE history ADD COLUMN attachment TEXT", "ALTER TABLE history ADD COLUMN server TEXT",
+                      "CREATE INDEX IF NOT EXISTS history_by_attachment ON history(attachment)")
+# PostgreSQL (schema "neuronova"): one table for the cluster, each row with its own key (a batch written again after
+# PostgreSQL came back must not add its rows twice).
+POSTGRES_SCHEMA = ("CREATE TABLE IF NOT EXISTS history (id BIGSERIAL PRIMARY KEY, entry_key UUID UNIQUE, "
+                   f"{_column_types('DOUBLE PRECISION')})",
+                   *_INDEXES.format(table="history").strip().split(";\n"),
+                   "CREATE INDEX IF NOT EXISTS history_by_attachment ON history(attachment)")
 
 
 @dataclass(frozen=True)
@@ -51,42 +63,58 @@ class HistoryEntry:
 
 
 class IngestHistory:
-    def __init__(self, database_path: str):
-        self._writer = SqliteWriter(database_path, _SCHEMA, "neuronova-history", _MIGRATIONS)
-        self._insert = f"INSERT INTO history ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+    """The rows of one server (SQLite under its storage folder), or of the whole cluster (PostgreSQL:
+    every server writes its rows, named `server`, into one table; every query answers for all)."""
 
-    def _connect(self) -> sqlite3.Connection:
-        return self._writer.connect()
+    def __init__(self, writer, server: str = "", table: str = "history", keyed: bool = False):
+        self._writer = writer
+        # Another server's rows are written by its own writer, within a round of its acknowledging the
+        # instance: a cluster query waits two rounds, so that it includes whatever was acknowledged before it.
+        self._others_seconds = 2 * ROUND_SECONDS if keyed else 0.0
+        self.server = server
+        self.table = table
+        self._keyed = keyed
+        columns = ("entry_key", *_COLUMNS) if keyed else _COLUMNS
+        self._insert = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+                        + (" ON CONFLICT (entry_key) DO NOTHING" if keyed else ""))
+
+    @classmethod
+    def sqlite(cls, database_path: str, server: str = "") -> "IngestHistory":
+        return cls(SqliteWriter(database_path, _SQLITE_SCHEMA, "neuronova-history", _SQLITE_MIGRATIONS), server)
 
     def record(self, entry: HistoryEntry) -> None:
-        self._writer.submit(self._insert, tuple(getattr(entry, column) for column in _COLUMNS))
+        row = tuple(getattr(entry, column) for column in _COLUMNS[:-1]) + (self.server,)
+        self._writer.submit(self._insert, (str(uuid.uuid4()), *row) if self._keyed else row)
 
     def set_stored(self, attachment: str, stored_bytes: int, syntax: str) -> None:
         """The background work compressed an instance's file after its row was written."""
-        self._writer.submit("UPDATE history SET bytes_after = ?, syntax_after = ? WHERE attachment = ?",
+        self._writer.submit(f"UPDATE {self.table} SET bytes_after = ?, syntax_after = ? WHERE attachment = ?",
                             (stored_bytes, syntax, attachment))
 
     def flush(self) -> None:
         self._writer.flush()
 
+    def _fetch(self, sql: str, params: tuple) -> list[tuple]:
+        if self._others_seconds:
+            time.sleep(self._others_seconds)
+        return self._writer.fetch(sql, params)
+
     def recorded_attachments(self, attachments: list[str]) -> set[str]:
         """Which of these storage-area files have a row (Orthanc's own instance IDs are not kept)."""
-        self.flush()
         found: set[str] = set()
-        with self._connect() as db:
-            for start in range(0, len(attachments), 500):
-                chunk = attachments[start:start + 500]
-                found.update(row[0] for row in db.execute(
-                    f"SELECT attachment FROM history WHERE attachment IN ({', '.join('?' * len(chunk))})", chunk))
+        for start in range(0, len(attachments), 500):
+            chunk = attachments[start:start + 500]
+            found.update(row[0] for row in self._writer.fetch(
+                f"SELECT attachment FROM {self.table} WHERE attachment IN ({', '.join('?' * len(chunk))})",
+                tuple(chunk)))
         return found
 
     def close(self) -> None:
         self._writer.close()
 
-    def query(self, since: str = "", study: str = "", patient: str = "", action: str = "",
+    def query(self, since: str = "", study: str = "", patient: str = "", action: str = "", server: str = "",
               limit: int = 100) -> list[dict]:
         """Newest first. `patient` matches the patient before or after; `since` is an ISO date or time (UTC)."""
-        self.flush()
         where, params = [], []
         if since:
             where.append("time >= ?")
@@ -100,22 +128,22 @@ class IngestHistory:
         if action:
             where.append("action = ?")
             params.append(action)
-        sql = (f"SELECT {', '.join(_COLUMNS)} FROM history {'WHERE ' + ' AND '.join(where) if where else ''} "
+        if server:
+            where.append("server = ?")
+            params.append(server)
+        sql = (f"SELECT {', '.join(_COLUMNS)} FROM {self.table} {'WHERE ' + ' AND '.join(where) if where else ''} "
                "ORDER BY id DESC LIMIT ?")
-        with self._connect() as db:
-            rows = db.execute(sql, (*params, limit)).fetchall()
+        rows = self._fetch(sql, (*params, limit))
         return [dict(zip(_COLUMNS, row)) for row in rows]
 
     def study_sizes(self, study_uids: list[str]) -> dict[str, tuple[int, int]]:
         """Bytes received and bytes stored per study, for the study list's saving column."""
-        self.flush()
         if not study_uids:
             return {}
         marks = ", ".join("?" * len(study_uids))
-        with self._connect() as db:
-            # The latest row of each instance only: a file sent twice is stored once.
-            rows = db.execute(
-                "SELECT study_instance_uid, SUM(bytes_before), SUM(bytes_after) FROM history WHERE id IN ("
-                f"  SELECT MAX(id) FROM history WHERE study_instance_uid IN ({marks}) AND action != 'rejected'"
-                "   GROUP BY sop_instance_uid) GROUP BY study_instance_uid", study_uids).fetchall()
-        return {uid: (before or 0, after or 0) for uid, before, after in rows}
+        # The latest row of each instance only: a file sent twice is stored once.
+        rows = self._fetch(
+            f"SELECT study_instance_uid, SUM(bytes_before), SUM(bytes_after) FROM {self.table} WHERE id IN ("
+            f"  SELECT MAX(id) FROM {self.table} WHERE study_instance_uid IN ({marks}) AND action != 'rejected'"
+            "   GROUP BY sop_instance_uid) GROUP BY study_instance_uid", tuple(study_uids))
+        return {uid: (int(before or 0), int(after or 0)) for uid, before, after in rows}  # PostgreSQL sums: Decimal

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
+import time
 from typing import Callable
 
 from .errors import NeuroNovaError, NotFound
 from .history import HistoryEntry, IngestHistory
 from .reconcile import RECOVERED
+from .shared_state.database import DATABASE_ERRORS
 
 log = logging.getLogger("neuronova.history")
 
@@ -22,13 +25,19 @@ RECENT_CHANGES = 2000  # far more instances than a crash can leave without a row
 
 
 def recover_missing_rows(core_get: Callable[[str], bytes], history: IngestHistory,
-                         sizes: Callable[[str], tuple[int, int]]) -> int:
+                         sizes: Callable[[str], tuple[int, int]], others_seconds: float = 0.0) -> int:
     """Write the missing rows; how many. `core_get` is Orthanc's own REST API (Pacs.core_get), `sizes`
-    the storage ledger's (received, stored) bytes of a file."""
+    the storage ledger's (received, stored) bytes of a file. `others_seconds`: with several servers on
+    one index, the rows of another server's latest instances may still be on their way: the missing
+    ones are looked for again after that long."""
     try:
         files = _latest_instances_files(core_get)
         recorded = history.recorded_attachments(list(files))
         missing = [uuid for uuid in files if uuid not in recorded]
+        if missing and others_seconds:
+            time.sleep(others_seconds)
+            recorded = history.recorded_attachments(missing)
+            missing = [uuid for uuid in missing if uuid not in recorded]
         for uuid in missing:
             tags = json.loads(core_get(f"/instances/{files[uuid]}/tags?simplify"))
             received, stored = sizes(uuid)
@@ -38,7 +47,7 @@ def recover_missing_rows(core_get: Callable[[str], bytes], history: IngestHistor
                 patient_after=tags.get("PatientID", ""), action=RECOVERED, syntax_before="", syntax_after="",
                 bytes_before=received, bytes_after=stored, duration_ms=0.0, attachment=uuid,
                 error="stored just before Orthanc stopped abruptly: row written at the next start"))
-    except (NeuroNovaError, ValueError, KeyError) as error:
+    except (NeuroNovaError, ValueError, KeyError, sqlite3.Error, *DATABASE_ERRORS) as error:
         log.error("the history could not be checked against Orthanc's latest instances: %s", type(error).__name__)
         return 0
     if missing:

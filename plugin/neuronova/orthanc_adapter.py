@@ -18,7 +18,7 @@ import requests
 from .api import Api
 from .http import Request, RequestGate, Response, answer
 from .config import Settings, load_settings
-from .directory import EmbeddedRegistry, PatientDirectory
+from .directory import PatientDirectory
 from .errors import BadRequest, CoreCannotAnswer, NeuroNovaError, NotFound, StorageFull, StoreRejected
 from .history import IngestHistory
 from .history_recovery import recover_missing_rows
@@ -26,6 +26,7 @@ from .ingest import DISCARD, MODIFY, Ingest
 from .logs import keep_libraries_at_debug
 from .metrics import Metrics
 from .reconcile import Reconciler, StudyOwners
+from .shared_state.cluster import PluginState, open_state
 from .storage import container
 from .storage.area import StorageArea, StorageError
 from .storage.background import BackgroundCompressor
@@ -66,9 +67,9 @@ def start(sdk) -> None:
 
     orthanc_config = json.loads(sdk.GetConfiguration())
     settings = load_settings(orthanc_config)  # raises ConfigError naming the key
-    directory = _build_directory(settings)
+    state = open_state(settings)  # SQLite, or PostgreSQL for several servers (raises if it never answers)
+    directory, history, owners = state.registry or _fhir_directory(settings), state.history, state.owners
     ledger = Ledger(settings.ledger_database)
-    history = IngestHistory(settings.history_database)
     area = StorageArea(settings.storage, ledger)
     background = BackgroundCompressor(area, ledger, settings.background, history.set_stored)
     if settings.storage.when == "background":
@@ -76,7 +77,6 @@ def start(sdk) -> None:
     pacs = OrthancPacs(sdk, orthanc_config, area)
     metrics = Metrics(lambda name, value: sdk.SetMetricsValue(name, value, sdk.MetricsType.DEFAULT))
     metrics.storage_totals = ledger.totals
-    owners = StudyOwners()
     reconciler = Reconciler(directory, settings.reconciliation, owners)
     ingest = Ingest(reconciler, history, metrics)
     uploads = UploadService(directory, ingest, pacs.store, settings.upload, pacs, settings.nifti)
@@ -84,7 +84,7 @@ def start(sdk) -> None:
     gate = RequestGate(settings.requests.concurrent, settings.requests.retry_after)
     for uri, route in api.routes():
         sdk.RegisterRestCallback(uri, _rest_callback(sdk, gate(route)))
-    sdk.RegisterRestCallback("/tools/reset", _reset_callback(sdk, metrics, background, history, ledger))
+    sdk.RegisterRestCallback("/tools/reset", _reset_callback(sdk, metrics, background, state, ledger))
     # One call (one script per plugin): the "Upload DICOM" button, then "Open in viewer" on studies and series
     sdk.ExtendOrthancExplorer(explorer_extension_js() + "\n" + viewer_explorer_js())
     sdk.SetRootUri("../neuronova/app/index.html")  # Explorer's Plugins page links to the dashboard
@@ -93,17 +93,17 @@ def start(sdk) -> None:
     sdk.RegisterIncomingCStoreInstanceFilter(
         lambda instance: ingest.cstore_filter(instance.GetInstanceData, instance.GetInstanceRemoteAet()))
     sdk.RegisterOnStoredInstanceCallback(_on_stored(ingest, area))
-    load_owners = threading.Thread(target=_load_study_owners, args=(pacs, owners, history, ledger), name="neuronova-owners",
-                                   daemon=True)
-    sdk.RegisterOnChangeCallback(_on_change(sdk, background, history, ledger, metrics, reconciler,
-                                            load_owners.start))
+    load_owners = threading.Thread(target=_load_study_owners, args=(pacs, owners, history, ledger, state.shared),
+                                   name="neuronova-owners", daemon=True)
+    sdk.RegisterOnChangeCallback(_on_change(sdk, background, state, ledger, metrics, reconciler, load_owners.start))
     background.start()
-    log.info("started: directory %s, storage %s (compression %s, %s), reconciliation %s",
+    log.info("started: directory %s, storage %s (compression %s, %s), reconciliation %s, state in %s",
              settings.directory.backend, settings.storage.root, settings.storage.pack.target, settings.storage.when,
-             "on" if settings.reconciliation.enabled else "off")
+             "on" if settings.reconciliation.enabled else "off", settings.shared.backend)
 
 
-def _load_study_owners(pacs: OrthancPacs, owners: StudyOwners, history: IngestHistory, ledger: Ledger) -> None:
+def _load_study_owners(pacs: OrthancPacs, owners: StudyOwners, history: IngestHistory, ledger: Ledger,
+                       shared: bool) -> None:
     """Read the stored studies' patients once Orthanc has started (a plugin may not call the database
     while it initializes): decisions wait for it (instances meanwhile refused with a retry status)."""
     attempt = 0
@@ -117,8 +117,12 @@ def _load_study_owners(pacs: OrthancPacs, owners: StudyOwners, history: IngestHi
             continue
         owners.load(studies)
         log.info("patients of %d stored studies loaded", len(studies))
-        recover_missing_rows(pacs.core_get, history, ledger.sizes)
+        recover_missing_rows(pacs.core_get, history, ledger.sizes,
+                             others_seconds=SHARED_ROWS_SECONDS if shared else 0.0)
         return
+
+
+SHARED_ROWS_SECONDS = 2.0  # forty rounds of every server's history writer
 
 
 def _sdk_releases_the_gil(sdk, orthanc_config: dict) -> bool:
@@ -179,7 +183,7 @@ def _on_stored(ingest: Ingest, area: StorageArea):
     return on_stored
 
 
-def _on_change(sdk, background: BackgroundCompressor, history: IngestHistory, ledger: Ledger, metrics: Metrics,
+def _on_change(sdk, background: BackgroundCompressor, state: PluginState, ledger: Ledger, metrics: Metrics,
                reconciler: Reconciler, started):
     """Orthanc calls this for every change (NEW_INSTANCE for each instance): it does nothing else."""
     changes = sdk.ChangeType
@@ -195,12 +199,12 @@ def _on_change(sdk, background: BackgroundCompressor, history: IngestHistory, le
         elif change_type == stopped:
             metrics.stop()
             background.stop()
-            history.close()
+            state.close()
             ledger.close()
     return on_change
 
 
-def _reset_callback(sdk, metrics: Metrics, background: BackgroundCompressor, history: IngestHistory, ledger: Ledger):
+def _reset_callback(sdk, metrics: Metrics, background: BackgroundCompressor, state: PluginState, ledger: Ledger):
     """POST /tools/reset: Orthanc's restart, which reloads its configuration. Orthanc does it inside
     the process, re-initializing the Python plugin, and numpy cannot be loaded twice in one process:
     the plugin failed and Orthanc stopped for good (measured). So the restart is a new Orthanc in
@@ -216,16 +220,16 @@ def _reset_callback(sdk, metrics: Metrics, background: BackgroundCompressor, his
             _send(sdk, output, refusal)
             return
         output.AnswerBuffer(b"{}", "application/json")
-        threading.Thread(target=_exec_again, args=(metrics, background, history, ledger), daemon=True).start()
+        threading.Thread(target=_exec_again, args=(metrics, background, state, ledger), daemon=True).start()
     return callback
 
 
-def _exec_again(metrics: Metrics, background: BackgroundCompressor, history: IngestHistory, ledger: Ledger) -> None:
+def _exec_again(metrics: Metrics, background: BackgroundCompressor, state: PluginState, ledger: Ledger) -> None:
     time.sleep(0.3)  # the answer leaves first
     log.warning("restarting Orthanc (POST /tools/reset): a new Orthanc process image, same PID")
     metrics.stop()
     background.stop()
-    history.close()
+    state.close()
     ledger.close()
     with open("/proc/self/cmdline", "rb") as cmdline:
         arguments = [part.decode() for part in cmdline.read().split(b"\0") if part]
@@ -234,11 +238,9 @@ def _exec_again(metrics: Metrics, background: BackgroundCompressor, history: Ing
     os.execv("/proc/self/exe", arguments)
 
 
-def _build_directory(settings: Settings) -> PatientDirectory:
-    if settings.directory.backend == "fhir":
-        from .directory.fhir import FhirDirectory
-        return FhirDirectory(settings.directory.fhir)
-    return EmbeddedRegistry(settings.directory.database, settings.directory.seed_file)
+def _fhir_directory(settings: Settings) -> PatientDirectory:
+    from .directory.fhir import FhirDirectory
+    return FhirDirectory(settings.directory.fhir)
 
 
 class OrthancPacs:

@@ -80,7 +80,8 @@ class StudyOwners:
     first claim of a study wins, under the reconciler's lock), released when Orthanc deletes the
     study (its change callback calls release). Until loaded, asking waits (LOAD_WAIT_SECONDS at most:
     the loader reads in-process, not through the HTTP server), then raises OwnersNotLoaded: the
-    instance is refused with a status its sender retries, never stored blind."""
+    instance is refused with a status its sender retries, never stored blind. One server's: several
+    servers on one PostgreSQL share theirs (shared_state.claims.SharedStudyOwners)."""
 
     LOAD_WAIT_SECONDS = 30.0
 
@@ -101,14 +102,18 @@ class StudyOwners:
             self._early.clear()
             self._loaded.set()
 
-    def __call__(self, study_uid: str) -> dict[str, str] | None:
+    def settle(self, study_uid: str, tags: dict[str, str]) -> dict[str, str]:
+        """The study's patient once this claim is made: these tags if the study had none, else the
+        first claim's. One step, so that two deciders of one new study agree."""
         self._loaded.wait(self.LOAD_WAIT_SECONDS)
         with self._lock:
             if not self._loaded.is_set():
                 raise OwnersNotLoaded("the patients of the stored studies are not read yet (Orthanc is starting)")
-            return self._owners.get(study_uid)
+            self._claim(study_uid, tags)
+            return self._owners.get(study_uid, tags)
 
     def claim(self, study_uid: str, tags: dict[str, str]) -> None:
+        """Claimed without a decision (an instance stored as it came): before load, kept for it."""
         with self._lock:
             if self._loaded.is_set():
                 self._claim(study_uid, tags)
@@ -149,27 +154,18 @@ class Reconciler:
 
     def decide(self, identity: Identity) -> Decision:
         with self._lock:  # decisions about one study must not interleave
-            decision = self._decide(identity)
-            self._claim(identity, decision)
-            return decision
-
-    def _claim(self, identity: Identity, decision: Decision) -> None:
-        """The study is this decision's patient's from now on (StudyOwners remembers the first claim)."""
-        if decision.action != REJECTED:
-            self.study_owners.claim(identity.study_uid, decision.target or identity.tags())
+            return self._decide(identity)
 
     def decide_assigned(self, identity: Identity) -> Decision:
         """A person chose this instance's patient: accepted, unless its study is stored under another
         patient (following would overrule the person, storing would split the study)."""
         with self._lock:
-            owner = self.study_owners(identity.study_uid)
-            if owner is not None and owner["PatientID"] != identity.patient_id:
+            owner = self.study_owners.settle(identity.study_uid, identity.tags())
+            if owner["PatientID"] != identity.patient_id:
                 return Decision(REJECTED, None, (
                     f"study {identity.study_uid} is already stored under patient {owner['PatientID']}: "
                     "assign the whole study to one patient (delete the stored study first to move it)"))
-            decision = Decision(ASSIGNED, None)
-            self._claim(identity, decision)
-            return decision
+            return Decision(ASSIGNED, None)
 
     def _decide(self, identity: Identity) -> Decision:
         arrival = self._arrival(identity)
@@ -184,8 +180,9 @@ class Reconciler:
         else:
             decision = Decision(UNMATCHED, None, f"patient {identity.patient_id!r} is not known to the EMR directory")
 
-        owner = self.study_owners(identity.study_uid)
-        if owner is None or owner["PatientID"] == decision.patient_after(identity):
+        # Claimed with this decision's patient: the study's first claim wins (on every server of a cluster).
+        owner = self.study_owners.settle(identity.study_uid, decision.target or identity.tags())
+        if owner["PatientID"] == decision.patient_after(identity):
             return decision
         if decision.action == UNVERIFIED:  # not a conflict: the EMR cannot say, the stored study can
             return Decision(UNVERIFIED, owner, f"{decision.reason}; follows the study's patient {owner['PatientID']}")

@@ -57,7 +57,7 @@ class SqliteWriter:
             if batch:
                 try:
                     with db:
-                        for sql, rows in _runs(batch):
+                        for sql, rows in statement_runs(batch):
                             db.executemany(sql, rows)
                 except sqlite3.Error:
                     log.exception("Could not write %d rows to %s", len(batch), self.path)
@@ -67,7 +67,7 @@ class SqliteWriter:
                 db.close()
                 return
             if not flushes and len(batch) < 2000:  # a round every 50 ms, at once for a reader waiting
-                self._wake.wait(_ROUND_SECONDS)
+                self._wake.wait(ROUND_SECONDS)
                 self._wake.clear()
 
     def flush(self, timeout: float = 30.0) -> None:
@@ -77,16 +77,22 @@ class SqliteWriter:
         self._wake.set()
         done.wait(timeout if self._thread.is_alive() else 0)
 
+    def fetch(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Rows of a query, once every pending statement is written."""
+        self.flush()
+        with self.connect() as db:
+            return db.execute(sql, params).fetchall()
+
     def close(self) -> None:
         self._closing.set()
         self._wake.set()
         self._thread.join(timeout=10)
 
 
-_ROUND_SECONDS = 0.05  # rounds, not a wake-up per statement: each wake-up is a GIL hand-off under load
+ROUND_SECONDS = 0.05  # rounds, not a wake-up per statement: each wake-up is a GIL hand-off under load
 
 
-def _runs(items):
+def statement_runs(items):
     """Consecutive statements with the same SQL, grouped for executemany (order kept)."""
     sql, rows = None, []
     for statement, params in items:

@@ -492,3 +492,103 @@ def test_dicom_stores_are_accepted_only_from_listed_modalities(docker_config, pr
         assert config["DicomCheckModalityHost"] is True
         for modality in config["DicomModalities"].values():
             assert modality["Host"].replace(".", "").isdigit(), "DicomCheckModalityHost needs IP addresses"
+
+
+# --------------------------------------------------------------------------------------------------
+# docker-compose.scale-out.yml: PostgreSQL, two Orthancs, nginx, one storage volume (issue 12)
+
+SCALE_OUT_FILE = REPO / "docker-compose.scale-out.yml"
+SCALE_OUT_CONFIG = REPO / "docker" / "scale-out.json"
+SCALE_OUT_NGINX = REPO / "docker" / "nginx-scale-out.conf"
+ORTHANCS = ("orthanc-1", "orthanc-2")
+
+
+@pytest.fixture(scope="module")
+def scale_out() -> dict:
+    assert SCALE_OUT_FILE.is_file(), "docker-compose.scale-out.yml is missing"
+    document = load_yaml(SCALE_OUT_FILE.read_text(encoding="utf-8"))
+    assert isinstance(document, dict) and isinstance(document.get("services"), dict)
+    return document
+
+
+@pytest.fixture(scope="module")
+def scale_out_config() -> dict:
+    with SCALE_OUT_CONFIG.open(encoding="utf-8") as config_file:
+        return json.load(config_file)
+
+
+def _mounts(service_spec: dict) -> dict[str, str]:
+    """{target: source} of a service's volumes (short syntax)."""
+    mounts = {}
+    for volume in service_spec.get("volumes") or []:
+        source, target = volume.split(":")[:2]
+        mounts[target.rstrip("/")] = source
+    return mounts
+
+
+def _environment(service_spec: dict) -> dict[str, str]:
+    return {key: "" if value is None else str(value) for key, value in (service_spec.get("environment") or {}).items()}
+
+
+def test_scale_out_has_postgresql_two_orthancs_and_a_balancer(scale_out):
+    assert set(scale_out["services"]) == {"postgres", *ORTHANCS, "nginx"}
+    for name in ("postgres", "nginx"):
+        name_, tag, digest = image_reference(scale_out["services"][name]["image"])
+        assert (tag or digest) and tag != "latest", f"{name}'s image must be pinned"
+    first, second = (scale_out["services"][name] for name in ORTHANCS)
+    assert first["build"]["context"] == "." and first["build"]["dockerfile"] == "Dockerfile"
+    assert first["image"] == second["image"], "both Orthancs run the one image built from the Dockerfile"
+    for name in ORTHANCS:
+        assert scale_out["services"][name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_scale_out_orthancs_share_the_storage_volume_and_mount_the_postgresql_config(scale_out):
+    storage = {_mounts(scale_out["services"][name])[ORTHANC_DATA] for name in ORTHANCS}
+    assert len(storage) == 1 and storage <= set(scale_out.get("volumes") or {}), "one named storage volume for all"
+    for name in ORTHANCS:
+        source = _mounts(scale_out["services"][name])["/etc/orthanc/scale-out.json"]
+        assert (REPO / source.removeprefix("./")).resolve() == SCALE_OUT_CONFIG
+    nginx_source = _mounts(scale_out["services"]["nginx"])["/etc/nginx/nginx.conf"]
+    assert (REPO / nginx_source.removeprefix("./")).resolve() == SCALE_OUT_NGINX
+
+
+def test_scale_out_servers_are_named_apart_and_get_every_variable_their_config_reads(scale_out, docker_config,
+                                                                                   scale_out_config):
+    texts = DOCKER_CONFIG.read_text(encoding="utf-8") + SCALE_OUT_CONFIG.read_text(encoding="utf-8")
+    needed = set(re.findall(r"\$\{(\w+)", texts))
+    names = set()
+    for name in ORTHANCS:
+        env = _environment(scale_out["services"][name])
+        assert needed <= set(env), f"{name} lacks {sorted(needed - set(env))}"
+        names.add(env["ORTHANC_SERVER_ID"])
+    assert len(names) == len(ORTHANCS), "each Orthanc needs its own DatabaseServerIdentifier"
+    assert scale_out_config["DatabaseServerIdentifier"] == "${ORTHANC_SERVER_ID}"
+    postgres_env = _environment(scale_out["services"]["postgres"])
+    assert postgres_env["POSTGRES_PASSWORD"] == _environment(scale_out["services"]["orthanc-1"])["POSTGRES_PASSWORD"]
+
+
+def test_scale_out_index_is_postgresql_without_its_lock_and_images_stay_in_the_volume(scale_out, docker_config,
+                                                                                     scale_out_config):
+    section = scale_out_config["PostgreSQL"]
+    assert section["EnableIndex"] is True and section["EnableStorage"] is False and section["Lock"] is False
+    assert section["Host"] == "postgres"
+    postgres_env = _environment(scale_out["services"]["postgres"])
+    assert (section["Database"], section["Username"]) == (postgres_env["POSTGRES_DB"], postgres_env["POSTGRES_USER"])
+    # The image merges every /etc/orthanc/*.json: the added file may not redefine a key of docker/orthanc.json.
+    assert not set(scale_out_config) & set(docker_config)
+    from neuronova.config import load_settings  # the plugin puts its own state in PostgreSQL too
+    merged = load_settings({**docker_config, **scale_out_config})
+    assert merged.shared.backend == "postgresql" and merged.shared.server == "${ORTHANC_SERVER_ID}"
+
+
+def test_scale_out_balancer_is_sticky_and_reaches_both_orthancs(scale_out):
+    text = SCALE_OUT_NGINX.read_text(encoding="utf-8")
+    upstream = re.search(r"upstream\s+(\w+)\s*\{([^}]*)\}", text)
+    assert upstream, "nginx needs an upstream block"
+    assert "ip_hash;" in upstream.group(2), "Orthanc's jobs live per server: routing must be sticky"
+    assert set(re.findall(r"server\s+([\w-]+):8042;", upstream.group(2))) == set(ORTHANCS)
+    assert f"proxy_pass http://{upstream.group(1)};" in text
+    assert "listen 8042;" in text and "8042:8042" in scale_out["services"]["nginx"]["ports"]
+    assert "X-Forwarded-Host $http_host" in text, "the plugin's Origin check compares with the forwarded host"
+    dicom = [port.split(":")[0] for name in ORTHANCS for port in scale_out["services"][name]["ports"]]
+    assert len(set(dicom)) == len(ORTHANCS), "each Orthanc publishes its own DICOM port"

@@ -32,7 +32,7 @@ class FakeOrthanc:
 
 
 def test_only_the_instances_without_a_row_get_one(tmp_path):
-    history = IngestHistory(str(tmp_path / "h.sqlite"))
+    history = IngestHistory.sqlite(str(tmp_path / "h.sqlite"))
     history.record(HistoryEntry("rest", "", "sop-i1", "S", "P", "P", "unchanged", "", "", 1, 1, 1.0,
                                 attachment="file-i1"))
     written = recover_missing_rows(FakeOrthanc(2500), history, lambda uuid: (100, 40))
@@ -46,7 +46,7 @@ def test_only_the_instances_without_a_row_get_one(tmp_path):
 
 
 def test_a_deleted_instance_and_a_row_already_there_are_left_alone(tmp_path):
-    history = IngestHistory(str(tmp_path / "h.sqlite"))
+    history = IngestHistory.sqlite(str(tmp_path / "h.sqlite"))
     history.record(HistoryEntry("rest", "", "sop-i1", "S", "P", "P", "unchanged", "", "", 1, 1, 1.0,
                                 attachment="file-i1"))
     assert recover_missing_rows(FakeOrthanc(5), history, lambda uuid: (0, 0)) == 1  # i5 only (i3 deleted)

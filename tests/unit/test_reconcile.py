@@ -118,7 +118,7 @@ def test_a_study_stored_under_another_patient_is_followed_or_rejected(directory)
 
 
 def test_history_filters_newest_first_and_study_sizes(tmp_path):
-    history = IngestHistory(str(tmp_path / "h.sqlite"))
+    history = IngestHistory.sqlite(str(tmp_path / "h.sqlite"))
 
     def entry(sop, study, patient, action, before, after):
         return HistoryEntry("rest", "", sop, study, patient, patient, action, "1.2.840.10008.1.2.1",
@@ -146,11 +146,11 @@ def test_an_explicit_assignment_may_not_split_a_stored_study(directory):
 def test_study_owners_are_claimed_once_and_released_by_orthancs_study_id():
     owners = StudyOwners({"S1": {"PatientID": "P-1", "PatientName": "A^B", "PatientBirthDate": "", "PatientSex": ""}})
     owners.claim("S1", {"PatientID": "P-2"})  # the first claim wins
-    assert owners("S1")["PatientID"] == "P-1"
+    assert owners.settle("S1", {"PatientID": "P-3"})["PatientID"] == "P-1"
     owners.release(orthanc_study_id("P-2", "S1"))  # another patient's study of that UID: not this claim
-    assert owners("S1")["PatientID"] == "P-1"
+    assert owners.settle("S1", {"PatientID": "P-3"})["PatientID"] == "P-1"
     owners.release(orthanc_study_id("P-1", "S1"))
-    assert owners("S1") is None
+    assert owners.settle("S1", {"PatientID": "P-3"})["PatientID"] == "P-3"  # free again: this claim wins
 
 
 def test_orthanc_study_id_is_orthancs_own():
@@ -163,8 +163,9 @@ def test_before_orthancs_studies_are_read_nothing_is_decided_and_early_claims_lo
     owners = StudyOwners()
     monkeypatch.setattr(StudyOwners, "LOAD_WAIT_SECONDS", 0.01)
     with pytest.raises(OwnersNotLoaded):
-        owners("S1")
+        owners.settle("S1", {"PatientID": "P-3"})
     owners.claim("S1", {"PatientID": "P-9"})  # e.g. an Orthanc-made instance stored meanwhile
     owners.claim("S2", {"PatientID": "P-2"})
     owners.load({"S1": {"PatientID": "P-1"}})
-    assert owners("S1")["PatientID"] == "P-1" and owners("S2")["PatientID"] == "P-2"
+    assert owners.settle("S1", {"PatientID": "P-3"})["PatientID"] == "P-1"
+    assert owners.settle("S2", {"PatientID": "P-3"})["PatientID"] == "P-2"
