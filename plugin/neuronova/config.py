@@ -84,6 +84,14 @@ class ViewerSettings:
 
 
 @dataclass(frozen=True)
+class WorklistSettings:
+    """NeuroNova.Worklist: re-verification of what the EMR could not answer."""
+
+    reverify_seconds: float = 300.0  # the schedule; 0: only when the EMR answers again
+    retry_seconds: float = 15.0  # while studies wait for an unavailable EMR, how often it is asked again
+
+
+@dataclass(frozen=True)
 class Settings:
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     upload: UploadSettings = field(default_factory=UploadSettings)
@@ -96,6 +104,8 @@ class Settings:
     requests: RequestSettings = field(default_factory=lambda: RequestSettings(16))
     nifti: NiftiSettings = field(default_factory=NiftiSettings)
     viewer: ViewerSettings = field(default_factory=ViewerSettings)
+    worklist: WorklistSettings = field(default_factory=WorklistSettings)
+    authentication: bool = False  # Orthanc's HTTP authentication is on: request user names are checked ones
 
 
 @dataclass(frozen=True)
@@ -280,6 +290,11 @@ def load_settings(orthanc_config: dict) -> Settings:
                                      directory=viewer.get("Directory", str, ""))
     viewer.done()
 
+    worklist = root.section("Worklist")
+    worklist_settings = WorklistSettings(reverify_seconds=_seconds(worklist, "ReverifySeconds", 300.0, allow_zero=True),
+                                         retry_seconds=_seconds(worklist, "RetrySeconds", 15.0))
+    worklist.done()
+
     root.done()
     for key, wanted in (("StorageCompression", False), ("IngestTranscoding", "")):
         if orthanc_config.get(key, wanted) not in (wanted, None, False, ""):
@@ -288,4 +303,12 @@ def load_settings(orthanc_config: dict) -> Settings:
     return Settings(directory_settings, upload_settings, storage_settings, background_settings, reconcile_settings,
                     history_database, os.path.join(storage, "neuronova", "storage.sqlite"),
                     DicomWebSettings.from_orthanc(orthanc_config.get("DicomWeb")), request_settings,
-                    nifti_settings, viewer_settings)
+                    nifti_settings, viewer_settings, worklist_settings, _authentication(orthanc_config))
+
+
+def _authentication(orthanc_config: dict) -> bool:
+    """Orthanc's own rule: "AuthenticationEnabled", by default on when "RemoteAccessAllowed" is."""
+    enabled = orthanc_config.get("AuthenticationEnabled")
+    if isinstance(enabled, bool):
+        return enabled
+    return orthanc_config.get("RemoteAccessAllowed", False) is True

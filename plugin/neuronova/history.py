@@ -15,7 +15,7 @@ from .sqlite_writer import SqliteWriter
 
 _COLUMNS = ("time", "path", "remote", "sop_instance_uid", "study_instance_uid", "patient_before", "patient_after",
             "action", "syntax_before", "syntax_after", "bytes_before", "bytes_after", "duration_ms", "error",
-            "attachment")
+            "attachment", "user_name")
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -27,7 +27,11 @@ CREATE INDEX IF NOT EXISTS history_by_study ON history(study_instance_uid);
 CREATE INDEX IF NOT EXISTS history_by_patient_after ON history(patient_after);
 """
 _MIGRATIONS = ("ALTER TABLE history ADD COLUMN attachment TEXT",
-               "CREATE INDEX IF NOT EXISTS history_by_attachment ON history(attachment)")
+               "CREATE INDEX IF NOT EXISTS history_by_attachment ON history(attachment)",
+               "ALTER TABLE history ADD COLUMN user_name TEXT",
+               "CREATE INDEX IF NOT EXISTS history_by_action ON history(action)",
+               "CREATE INDEX IF NOT EXISTS history_by_sop ON history(sop_instance_uid)")
+UNSETTLED = ("unmatched", "unverified", "conflict")  # identities nobody has settled yet: the worklist
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class HistoryEntry:
     duration_ms: float
     error: str = ""
     attachment: str = ""  # the uuid of the instance's DICOM file in the storage area
+    user_name: str = ""  # who assigned or moved it (Orthanc's authenticated user), "" when nobody did
     time: str = dataclasses.field(
         default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"))
 
@@ -84,13 +89,17 @@ class IngestHistory:
         self._writer.close()
 
     def query(self, since: str = "", study: str = "", patient: str = "", action: str = "",
-              limit: int = 100) -> list[dict]:
-        """Newest first. `patient` matches the patient before or after; `since` is an ISO date or time (UTC)."""
+              limit: int = 100, until: str = "", offset: int = 0) -> list[dict]:
+        """Newest first. `patient` matches the patient before or after; `since` and `until` (excluded)
+        are ISO dates or times (UTC); `offset` skips that many rows (paging)."""
         self.flush()
         where, params = [], []
         if since:
             where.append("time >= ?")
             params.append(since)
+        if until:
+            where.append("time < ?")
+            params.append(until)
         if study:
             where.append("study_instance_uid = ?")
             params.append(study)
@@ -101,9 +110,22 @@ class IngestHistory:
             where.append("action = ?")
             params.append(action)
         sql = (f"SELECT {', '.join(_COLUMNS)} FROM history {'WHERE ' + ' AND '.join(where) if where else ''} "
-               "ORDER BY id DESC LIMIT ?")
+               "ORDER BY id DESC LIMIT ? OFFSET ?")
         with self._connect() as db:
-            rows = db.execute(sql, (*params, limit)).fetchall()
+            rows = db.execute(sql, (*params, limit, offset)).fetchall()
+        return [dict(zip(_COLUMNS, row)) for row in rows]
+
+    def unsettled(self) -> list[dict]:
+        """The latest row of every instance whose identity is still unsettled (UNSETTLED), oldest first:
+        a later row of the instance (moved, re-verified) settles it."""
+        self.flush()
+        marks = ", ".join("?" * len(UNSETTLED))
+        with self._connect() as db:
+            rows = db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM history AS h WHERE action IN ({marks}) AND id = ("
+                "  SELECT MAX(id) FROM history WHERE sop_instance_uid = h.sop_instance_uid AND action != 'rejected')"
+                " ORDER BY id",
+                UNSETTLED).fetchall()
         return [dict(zip(_COLUMNS, row)) for row in rows]
 
     def study_sizes(self, study_uids: list[str]) -> dict[str, tuple[int, int]]:

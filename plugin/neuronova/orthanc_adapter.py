@@ -96,8 +96,9 @@ def start(sdk) -> None:
     load_owners = threading.Thread(target=_load_study_owners, args=(pacs, owners, history, ledger), name="neuronova-owners",
                                    daemon=True)
     sdk.RegisterOnChangeCallback(_on_change(sdk, background, history, ledger, metrics, reconciler,
-                                            load_owners.start))
+                                            load_owners.start, api.reverifier.stop))
     background.start()
+    api.reverifier.start()
     log.info("started: directory %s, storage %s (compression %s, %s), reconciliation %s",
              settings.directory.backend, settings.storage.root, settings.storage.pack.target, settings.storage.when,
              "on" if settings.reconciliation.enabled else "off")
@@ -180,7 +181,7 @@ def _on_stored(ingest: Ingest, area: StorageArea):
 
 
 def _on_change(sdk, background: BackgroundCompressor, history: IngestHistory, ledger: Ledger, metrics: Metrics,
-               reconciler: Reconciler, started):
+               reconciler: Reconciler, started, stop_reverifying):
     """Orthanc calls this for every change (NEW_INSTANCE for each instance): it does nothing else."""
     changes = sdk.ChangeType
     started_change, deleted, stopped = changes.ORTHANC_STARTED, changes.DELETED, changes.ORTHANC_STOPPED
@@ -193,6 +194,7 @@ def _on_change(sdk, background: BackgroundCompressor, history: IngestHistory, le
         elif change_type == started_change:
             started()  # the plugin may call the database from now on
         elif change_type == stopped:
+            stop_reverifying()
             metrics.stop()
             background.stop()
             history.close()
@@ -344,6 +346,11 @@ class OrthancPacs:
             except self.sdk.OrthancException as error:
                 raise _core_error(error, f"GET {uri}") from None
         return self._loopback("GET", uri)
+
+    def core_delete(self, uri: str) -> None:
+        """Always by loopback: Orthanc removes the files (the storage area, Python) inside its index
+        transaction, which an in-process call holding the GIL on orthanc-python 4.0 would deadlock."""
+        self._loopback("DELETE", uri)
 
     def core_post(self, uri: str, body: bytes) -> bytes:
         if self.in_process:

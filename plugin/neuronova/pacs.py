@@ -22,6 +22,9 @@ class Pacs(Protocol):
     def core_get(self, uri: str) -> bytes:
         """Orthanc's own answer to GET uri (query string allowed), bypassing the plugin's routes."""
 
+    def core_delete(self, uri: str) -> None:
+        """Orthanc's own DELETE uri (a stored resource). Raises NotFound."""
+
     def core_post(self, uri: str, body: bytes) -> bytes:
         """Orthanc's own answer to POST uri, bypassing the plugin's routes."""
 
