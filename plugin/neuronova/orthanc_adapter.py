@@ -347,11 +347,6 @@ class OrthancPacs:
                 raise _core_error(error, f"GET {uri}") from None
         return self._loopback("GET", uri)
 
-    def core_delete(self, uri: str) -> None:
-        """Always by loopback: Orthanc removes the files (the storage area, Python) inside its index
-        transaction, which an in-process call holding the GIL on orthanc-python 4.0 would deadlock."""
-        self._loopback("DELETE", uri)
-
     def core_post(self, uri: str, body: bytes) -> bytes:
         if self.in_process:
             try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import requests
 
 from support.dicom_files import read_bytes, tiny_jpeg
 from support.servers import OrthancServer, OrthancWithLogin

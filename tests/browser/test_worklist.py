@@ -55,7 +55,8 @@ def test_the_worklist_shows_the_unmatched_study_and_moves_it_to_its_candidate(pa
     candidate.get_by_role("button", name="Move this study to P-2024-001235 (Kim^Cheolsu)").click()
     expect(page.locator("#nn-worklist-done")).to_have_text("Study moved to P-2024-001235: 3 instances rewritten.")
     assert questions and questions[0].startswith("Move the study of Kim^Cheolsu (3 instances) to P-2024-001235")
-    expect(page.locator("#nn-worklist-status")).to_have_text("Nothing to settle: every stored image has its EMR patient.")
+    expect(page.locator("#nn-worklist-status")).to_have_text(
+        "Nothing to settle: every stored image has its EMR patient.")
     expect(page.locator("#nn-worklist-count")).to_be_hidden()
 
     page.click("#nn-tab-studies")

@@ -9,7 +9,7 @@ from pydicom.uid import generate_uid
 
 from neuronova.storage import container
 from integration.test_fhir_directory import TOKEN, fhir_overrides, load, start_orthanc
-from support.dicom_files import make_series, parse
+from support.dicom_files import make_series, parse, read_bytes
 from support.dicom_net import storescu
 from support.fhir import FhirServer
 from support.servers import OrthancWithLogin, wait_until
@@ -218,7 +218,8 @@ def test_re_verification_when_the_embedded_registry_answers_again(tmp_path):
             if dataset.StudyInstanceUID == known_uid:
                 assert (str(dataset.PatientID), str(dataset.PatientName)) == ("P-2024-001234", "Hong^Gildong")
                 (audit,) = dataset.OriginalAttributesSequence
-                assert (audit.ReasonForTheAttributeModification, audit.ModifyingSystem) == ("COERCE", "NeuroNova ingest")
+                assert (audit.ReasonForTheAttributeModification, audit.ModifyingSystem) == (
+                    "COERCE", "NeuroNova ingest")
         latest = latest_by_instance(orthanc, known_uid)
         assert len(latest) == 2 and {(e["action"], e["path"]) for e in latest.values()} == {("coerced", "reverify")}
         assert len(orthanc.get("/studies").json()) == 2
@@ -265,3 +266,15 @@ def test_re_verification_when_the_fhir_emr_comes_back(tmp_path):
         if orthanc:
             orthanc.stop()
         engine.stop()
+
+
+def test_an_assigning_upload_records_who_did_it(pacs):
+    answer = pacs.post("/neuronova/upload/P-2024-001234", data=read_bytes("CT_small.dcm"),
+                       headers={"Content-Type": "application/dicom"})
+    assert answer.status_code == 200, answer.text
+    (entry,) = history(pacs, patient="P-2024-001234")
+    assert (entry["action"], entry["path"], entry["user_name"]) == ("assigned", "upload", "radiographer")
+    (dataset,) = stored_datasets(pacs)
+    (audit,) = dataset.OriginalAttributesSequence
+    assert (audit.ReasonForTheAttributeModification, audit.ModifyingSystem) == (
+        "CORRECT", "NeuroNova ingest (radiographer)")

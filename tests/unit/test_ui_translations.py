@@ -157,9 +157,11 @@ def test_the_predecessors_dialog_in_korean(korean):
         "No patient selected (use existing metadata)", "Cancel", "Upload", "Uploading...",
         "Uploaded and converted successfully: {files}, {instances} stored",
         "Please select a DICOM file (.dcm or .dicom)")} == {
-        "Upload DICOM": "DICOM 업로드", "Upload DICOM File": "DICOM 파일 업로드", "Select DICOM File": "DICOM 파일 선택",
+        "Upload DICOM": "DICOM 업로드", "Upload DICOM File": "DICOM 파일 업로드",
+        "Select DICOM File": "DICOM 파일 선택",
         "Assign to Patient (Optional)": "환자 배정 (선택)", "Search patient...": "환자 검색...",
         "No patient selected (use existing metadata)": "선택된 환자 없음 (기존 메타데이터 사용)", "Cancel": "취소",
         "Upload": "업로드", "Uploading...": "업로드 중...",
-        "Uploaded and converted successfully: {files}, {instances} stored": "업로드 및 변환 완료: {files}, {instances} 저장",
+        "Uploaded and converted successfully: {files}, {instances} stored":
+            "업로드 및 변환 완료: {files}, {instances} 저장",
         "Please select a DICOM file (.dcm or .dicom)": "DICOM 파일(.dcm 또는 .dicom)을 선택하세요"}

@@ -893,6 +893,7 @@
     refusedMessage: REFUSED_MESSAGE,
     isTaken: isTaken,
     formatBytes: formatBytes,
+    styleButton: styleButton,
     open: function (options) {
       instance = instance || new UploadDialog();
       instance.open(options);

@@ -47,17 +47,13 @@
     return isNaN(date.getTime()) ? iso : date.toLocaleString(I18N.lang === 'ko' ? 'ko-KR' : undefined);
   }
 
+  /** A small button drawn as the upload dialog draws its own (jQuery Mobile's classes, hover state). */
   function button(text, className, label) {
     var element = document.createElement('button');
     element.type = 'button';
-    element.className = 'nn-btn nn-small ui-btn ui-btn-up-c ui-shadow ui-btn-corner-all ' + (className || '');
-    var inner = document.createElement('span');
-    inner.className = 'ui-btn-inner ui-btn-corner-all';
-    var textSpan = document.createElement('span');
-    textSpan.className = 'ui-btn-text';
-    textSpan.textContent = text;
-    inner.appendChild(textSpan);
-    element.appendChild(inner);
+    element.className = 'nn-btn nn-small nn-theme-c ' + (className || '');
+    element.textContent = text;
+    window.NeuroNovaUpload.styleButton(element);
     if (label) {
       element.setAttribute('aria-label', label);
     }
