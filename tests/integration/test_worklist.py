@@ -249,6 +249,11 @@ def test_re_verification_when_the_fhir_emr_comes_back(tmp_path):
         other_uid = parse(open(other[0], "rb").read()).StudyInstanceUID
         send(orthanc, other, calling_aet="CT1")
         assert sorted(item["unsettled_instances"] for item in worklist(orthanc)) == [2, 3]
+        before = orthanc.get("/studies").json()
+        for study in before:  # a move needs the EMR: refused clearly while it is away, nothing changes
+            answer = move(orthanc, study, "P-FH-0001")
+            assert answer.status_code == 503 and answer.json()["success"] is False, answer.text
+        assert sorted(orthanc.get("/studies").json()) == sorted(before)
 
         engine.start()  # the same port, its records loaded again
         load(engine)

@@ -113,13 +113,16 @@ class Worklist:
         self.directory = directory
         self.owners = owners
 
-    def unsettled_studies(self) -> list[tuple[StoredStudy, list[dict]]]:
-        """(the stored study, its unsettled rows) for every study still stored, oldest arrival first."""
+    def unsettled_studies(self, having: str = "") -> list[tuple[StoredStudy, list[dict]]]:
+        """(the stored study, its unsettled rows) for every study still stored, oldest arrival first;
+        with `having`, only the studies with rows of that action (Orthanc is asked about those only)."""
         by_study: dict[str, list[dict]] = {}
         for row in self.history.unsettled():
             by_study.setdefault(row["study_instance_uid"], []).append(row)
         studies = []
         for study_uid, rows in by_study.items():
+            if having and not any(row["action"] == having for row in rows):
+                continue
             study = locate(self.pacs, self.owners, study_uid,
                            list(dict.fromkeys(row["patient_after"] for row in rows if row["patient_after"])))
             if study is not None:

@@ -22,11 +22,11 @@ from dataclasses import replace
 from ..dicom.assign import REASON_CORRECT, modifying_system, patient_tags
 from ..directory import PatientDirectory
 from ..directory.model import validate_patient_id
-from ..errors import NeuroNovaError, NotFound, PatientNotFound, StoreRejected
+from ..errors import NeuroNovaError, NotFound, NotReady, PatientNotFound, StoreRejected
 from ..history import IngestHistory
 from ..ingest import Correction, Ingest
 from ..pacs import Pacs
-from ..reconcile import MOVED, UNCHANGED, StudyOwners, orthanc_study_id
+from ..reconcile import MOVED, UNCHANGED, OwnersNotLoaded, StudyOwners, orthanc_study_id
 from .listing import StoredStudy, get_json, settling_entry, stored_study
 
 log = logging.getLogger("neuronova.worklist")
@@ -63,7 +63,10 @@ class StudyMover:
             if study.patient == target:  # already this patient's: the person's word settles what was open
                 settled = self._settle(study, correction)
                 return self._answer(study.orthanc_id, study, target, 0, settled)
-            self.owners.reassign(study.study_uid, target)  # instances arriving from now on follow the new patient
+            try:
+                self.owners.reassign(study.study_uid, target)  # instances arriving from now on follow the new patient
+            except OwnersNotLoaded as error:
+                raise NotReady(f"{error}: retry") from None
             new_id = orthanc_study_id(target["PatientID"], study.study_uid)
             if new_id == orthanc_id:  # the same Patient ID, other attributes: rewritten in place
                 moved = self._rewrite_in_place(study, correction)
@@ -101,7 +104,10 @@ class StudyMover:
             if answer.get("Status") not in ("Success", "AlreadyStored") or answer.get("ID") == instance:
                 raise StoreRejected(f"instance {instance} could not be stored under the new patient "
                                     f"({answer.get('Status')}): the study is kept as it was for it")
-            self.pacs.core_delete(f"/instances/{instance}")
+            try:
+                self.pacs.core_delete(f"/instances/{instance}")
+            except NotFound:
+                pass  # deleted meanwhile by someone else: its new copy is stored
             moved += 1
         return moved
 

@@ -76,7 +76,7 @@ class Reverifier:
     def _round_once(self) -> dict[str, int]:
         counts = {COERCED: 0, UNCHANGED: 0, UNMATCHED: 0}
         unavailable, checked = False, 0
-        for study, rows in self.worklist.unsettled_studies():
+        for study, rows in self.worklist.unsettled_studies(having=UNVERIFIED):
             unverified = [row for row in rows if row["action"] == UNVERIFIED]
             if not unverified:
                 continue
