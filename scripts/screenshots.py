@@ -19,6 +19,7 @@ def main() -> int:
     os.makedirs(OUT, exist_ok=True)
     env = dict(os.environ, NEURONOVA_SCREENSHOTS=OUT)
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/browser/test_upload_dialog.py",
+                             "tests/browser/test_worklist.py",
                              "tests/browser/test_storage_panel.py", "tests/browser/test_viewer.py"],
                             cwd=REPO_ROOT, env=env)
     if result.returncode == 0:

@@ -9,8 +9,8 @@ from .directory import PatientDirectory, patient_from_json
 from .directory.model import validate_patient_id
 from .errors import BadRequest, MethodNotAllowed, NotFound, UnsupportedMediaType
 from .history import IngestHistory
-from .http import (Handler, Request, Response, allow, content_type, json_body, json_response, query_limit,
-                   require_content_type)
+from .http import (Handler, Request, Response, allow, authenticated_user, content_type, json_body, json_response,
+                   query_limit, require_content_type)
 from .ingest import Ingest
 from .pacs import Pacs
 from .reconcile import ACTIONS
@@ -20,6 +20,10 @@ from .dicomweb.frames import WadoFrameRoutes
 from .storage.background import BackgroundCompressor
 from .storage.ledger import Ledger
 from .viewer import Viewer
+from .worklist.listing import Worklist
+from .worklist.move import StudyMover
+from .worklist.reverify import Reverifier
+from .worklist.routes import WorklistRoutes
 
 
 # A body sent without a type is accepted (curl --data-binary -H ''), never a form type a page of
@@ -39,6 +43,12 @@ class Api:
         self.ledger = ledger
         self.background = background
         self.viewer = Viewer(settings.viewer, settings.dicomweb)
+        owners = ingest.reconciler.study_owners
+        self.worklist = Worklist(history, pacs, directory, owners)
+        self.mover = StudyMover(pacs, directory, ingest, owners, history)
+        self.reverifier = Reverifier(self.worklist, self.mover, directory, history, settings.worklist.reverify_seconds,
+                                     settings.worklist.retry_seconds)
+        ingest.reconciler.on_directory_state = self.reverifier.directory_state
 
     def routes(self) -> list[tuple[str, Handler]]:
         """(Orthanc URI regex, handler) pairs for the adapter to register."""
@@ -52,6 +62,7 @@ class Api:
             ("/neuronova/upload", self.upload),
             ("/neuronova/upload/(.+)", self.upload),
             ("/neuronova/history", self.query_history),
+            *WorklistRoutes(self.worklist, self.mover, self.reverifier, self.settings.authentication).routes(),
             ("/neuronova/storage", self.storage),
             ("/neuronova/storage/compress", self.compress_existing),
             *self.viewer.routes(),  # /neuronova/viewer/: OHIF
@@ -86,7 +97,8 @@ class Api:
                                        "the raw body with Content-Type application/dicom or application/zip")
         require_content_type(request, *UPLOAD_TYPES)
         status, payload = self.uploads.upload(request.body, request.groups[0] if request.groups else None,
-                                              request.headers)
+                                              request.headers,
+                                              authenticated_user(request, self.settings.authentication))
         return json_response(status, payload)
 
     def upload_nifti_to_study(self, request: Request) -> Response:
@@ -101,16 +113,15 @@ class Api:
         action = request.query.get("action", "")
         if action and action not in ACTIONS:
             raise BadRequest(f"action: must be one of {', '.join(ACTIONS)}, got {action!r}")
-        since = request.query.get("since", "")
-        if since:
-            try:
-                datetime.datetime.fromisoformat(since)
-            except ValueError:
-                raise BadRequest(f"since: must be an ISO date or date-time (UTC), got {since!r}") from None
+        since, until = (_iso_time(request, key) for key in ("since", "until"))
+        offset = request.query.get("offset", "0")
+        if not offset.isdigit():
+            raise BadRequest(f"offset: must be 0 or a positive integer, got {offset!r}")
         entries = self.history.query(since=since, study=request.query.get("study", ""),
                                      patient=request.query.get("patient", ""), action=action,
-                                     server=request.query.get("server", ""), limit=limit)
-        return json_response(200, {"success": True, "count": len(entries), "entries": entries})
+                                     server=request.query.get("server", ""), limit=limit, until=until,
+                                     offset=int(offset))
+        return json_response(200, {"success": True, "count": len(entries), "offset": int(offset), "entries": entries})
 
     def storage(self, request: Request) -> Response:
         """What is on disk: received and stored bytes (Orthanc's /statistics counts received sizes)."""
@@ -127,3 +138,13 @@ class Api:
             return json_response(202 if started else 200, {"success": True, "started": started,
                                                            "job": self.background.job.to_json()})
         return json_response(200, {"success": True, "job": self.background.job.to_json()})
+
+
+def _iso_time(request: Request, key: str) -> str:
+    value = request.query.get(key, "")
+    if value:
+        try:
+            datetime.datetime.fromisoformat(value)
+        except ValueError:
+            raise BadRequest(f"{key}: must be an ISO date or date-time (UTC), got {value!r}") from None
+    return value

@@ -129,6 +129,14 @@ def _shared_state_settings(section: "_Section", orthanc_config: dict) -> SharedS
 
 
 @dataclass(frozen=True)
+class WorklistSettings:
+    """NeuroNova.Worklist: re-verification of what the EMR could not answer."""
+
+    reverify_seconds: float = 300.0  # the schedule; 0: only when the EMR answers again
+    retry_seconds: float = 15.0  # while studies wait for an unavailable EMR, how often it is asked again
+
+
+@dataclass(frozen=True)
 class Settings:
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     upload: UploadSettings = field(default_factory=UploadSettings)
@@ -142,6 +150,8 @@ class Settings:
     nifti: NiftiSettings = field(default_factory=NiftiSettings)
     viewer: ViewerSettings = field(default_factory=ViewerSettings)
     shared: SharedStateSettings = field(default_factory=SharedStateSettings)
+    worklist: WorklistSettings = field(default_factory=WorklistSettings)
+    authentication: bool = False  # Orthanc's HTTP authentication is on: request user names are checked ones
 
 
 @dataclass(frozen=True)
@@ -328,6 +338,11 @@ def load_settings(orthanc_config: dict) -> Settings:
     shared = _shared_state_settings(root.section("SharedState"), orthanc_config)
     ledger_name = "storage.sqlite" if shared.backend == "sqlite" else f"storage-{_file_safe(shared.server)}.sqlite"
 
+    worklist = root.section("Worklist")
+    worklist_settings = WorklistSettings(reverify_seconds=_seconds(worklist, "ReverifySeconds", 300.0, allow_zero=True),
+                                         retry_seconds=_seconds(worklist, "RetrySeconds", 15.0))
+    worklist.done()
+
     root.done()
     for key, wanted in (("StorageCompression", False), ("IngestTranscoding", "")):
         if orthanc_config.get(key, wanted) not in (wanted, None, False, ""):
@@ -336,7 +351,15 @@ def load_settings(orthanc_config: dict) -> Settings:
     return Settings(directory_settings, upload_settings, storage_settings, background_settings, reconcile_settings,
                     history_database, os.path.join(storage, "neuronova", ledger_name),
                     DicomWebSettings.from_orthanc(orthanc_config.get("DicomWeb")), request_settings,
-                    nifti_settings, viewer_settings, shared)
+                    nifti_settings, viewer_settings, shared, worklist_settings, _authentication(orthanc_config))
+
+
+def _authentication(orthanc_config: dict) -> bool:
+    """Orthanc's own rule: "AuthenticationEnabled", by default on when "RemoteAccessAllowed" is."""
+    enabled = orthanc_config.get("AuthenticationEnabled")
+    if isinstance(enabled, bool):
+        return enabled
+    return orthanc_config.get("RemoteAccessAllowed", False) is True
 
 
 def _file_safe(name: str) -> str:

@@ -86,6 +86,12 @@ class StorageFull(NeuroNovaError):
     dimse_status = 0xA700
 
 
+class NotAvailable(NeuroNovaError):
+    """A feature this deployment does not offer (yet): says which and why."""
+
+    http_status = 501
+
+
 class StoreRejected(NeuroNovaError):
     """Orthanc refused to store an instance that we had accepted."""
 

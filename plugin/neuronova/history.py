@@ -17,7 +17,7 @@ from .sqlite_writer import ROUND_SECONDS, SqliteWriter
 
 _COLUMNS = ("time", "path", "remote", "sop_instance_uid", "study_instance_uid", "patient_before", "patient_after",
             "action", "syntax_before", "syntax_after", "bytes_before", "bytes_after", "duration_ms", "error",
-            "attachment", "server")
+            "attachment", "user_name", "server")
 
 
 def _column_types(real: str) -> str:
@@ -29,17 +29,22 @@ def _column_types(real: str) -> str:
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS {table}_by_time ON {table}(time);
 CREATE INDEX IF NOT EXISTS {table}_by_study ON {table}(study_instance_uid);
-CREATE INDEX IF NOT EXISTS {table}_by_patient_after ON {table}(patient_after)"""
+CREATE INDEX IF NOT EXISTS {table}_by_patient_after ON {table}(patient_after);
+CREATE INDEX IF NOT EXISTS {table}_by_action ON {table}(action);
+CREATE INDEX IF NOT EXISTS {table}_by_sop ON {table}(sop_instance_uid)"""
 _SQLITE_SCHEMA = (f"CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, {_column_types('REAL')});"
                   + _INDEXES.format(table="history") + ";")
 _SQLITE_MIGRATIONS = ("ALTER TABLE history ADD COLUMN attachment TEXT", "ALTER TABLE history ADD COLUMN server TEXT",
+                      "ALTER TABLE history ADD COLUMN user_name TEXT",
                       "CREATE INDEX IF NOT EXISTS history_by_attachment ON history(attachment)")
 # PostgreSQL (schema "neuronova"): one table for the cluster, each row with its own key (a batch written again after
 # PostgreSQL came back must not add its rows twice).
 POSTGRES_SCHEMA = ("CREATE TABLE IF NOT EXISTS history (id BIGSERIAL PRIMARY KEY, entry_key UUID UNIQUE, "
                    f"{_column_types('DOUBLE PRECISION')})",
+                   "ALTER TABLE history ADD COLUMN IF NOT EXISTS user_name TEXT",
                    *_INDEXES.format(table="history").strip().split(";\n"),
                    "CREATE INDEX IF NOT EXISTS history_by_attachment ON history(attachment)")
+UNSETTLED = ("unmatched", "unverified", "conflict")  # identities nobody has settled yet: the worklist
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class HistoryEntry:
     duration_ms: float
     error: str = ""
     attachment: str = ""  # the uuid of the instance's DICOM file in the storage area
+    user_name: str = ""  # who assigned or moved it (Orthanc's authenticated user), "" when nobody did
     time: str = dataclasses.field(
         default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"))
 
@@ -113,12 +119,16 @@ class IngestHistory:
         self._writer.close()
 
     def query(self, since: str = "", study: str = "", patient: str = "", action: str = "", server: str = "",
-              limit: int = 100) -> list[dict]:
-        """Newest first. `patient` matches the patient before or after; `since` is an ISO date or time (UTC)."""
+              limit: int = 100, until: str = "", offset: int = 0) -> list[dict]:
+        """Newest first. `patient` matches the patient before or after; `since` and `until` (excluded)
+        are ISO dates or times (UTC); `offset` skips that many rows (paging)."""
         where, params = [], []
         if since:
             where.append("time >= ?")
             params.append(since)
+        if until:
+            where.append("time < ?")
+            params.append(until)
         if study:
             where.append("study_instance_uid = ?")
             params.append(study)
@@ -132,8 +142,19 @@ class IngestHistory:
             where.append("server = ?")
             params.append(server)
         sql = (f"SELECT {', '.join(_COLUMNS)} FROM {self.table} {'WHERE ' + ' AND '.join(where) if where else ''} "
-               "ORDER BY id DESC LIMIT ?")
-        rows = self._fetch(sql, (*params, limit))
+               "ORDER BY id DESC LIMIT ? OFFSET ?")
+        rows = self._fetch(sql, (*params, limit, offset))
+        return [dict(zip(_COLUMNS, row)) for row in rows]
+
+    def unsettled(self) -> list[dict]:
+        """The latest row of every instance whose identity is still unsettled (UNSETTLED), oldest first:
+        a later row of the instance (moved, re-verified) settles it."""
+        marks = ", ".join("?" * len(UNSETTLED))
+        rows = self._fetch(
+            f"SELECT {', '.join(_COLUMNS)} FROM {self.table} AS h WHERE action IN ({marks}) AND id = ("
+            f"  SELECT MAX(id) FROM {self.table} WHERE sop_instance_uid = h.sop_instance_uid AND action != 'rejected')"
+            " ORDER BY id",
+            UNSETTLED)
         return [dict(zip(_COLUMNS, row)) for row in rows]
 
     def study_sizes(self, study_uids: list[str]) -> dict[str, tuple[int, int]]:

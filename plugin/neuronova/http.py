@@ -3,6 +3,8 @@ place where errors become answers."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import threading
@@ -106,6 +108,20 @@ def refuse_cross_site(request: Request) -> None:
         value.strip() for value in request.headers.get("x-forwarded-host", "").split(",") if value.strip()}
     if origin == "null" or urlsplit(origin).netloc not in hosts:
         raise Forbidden("cross-site request refused (its Origin is not this server)")
+
+
+def authenticated_user(request: Request, authentication: bool) -> str:
+    """The user name of the request's HTTP Basic credentials, which Orthanc has checked when its
+    authentication is on ("AuthenticationEnabled"); "" otherwise (an unchecked name is nobody's)."""
+    if not authentication:
+        return ""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return ""
+    try:
+        return base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")[0]
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
 
 
 def content_type(request: Request) -> str:

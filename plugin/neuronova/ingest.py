@@ -29,7 +29,7 @@ from typing import Callable
 from pydicom import dcmread, dcmwrite
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
-from .dicom.assign import REASON_COERCE, assign_identity
+from .dicom.assign import MODIFYING_SYSTEM, REASON_COERCE, assign_identity
 from .history import HistoryEntry, IngestHistory
 from .metrics import Metrics
 from .per_thread import PerThread
@@ -87,18 +87,33 @@ def read_identity(dicom: bytes, meta: Meta | None) -> tuple[str, Identity]:
     )
 
 
-def rewrite_identity(dicom: bytes, tags: dict[str, str]) -> bytes:
-    """Write the reconciled patient tags, with the COERCE audit item; pixels are copied untouched."""
+def rewrite_identity(dicom: bytes, tags: dict[str, str], reason: str = REASON_COERCE,
+                     system: str = MODIFYING_SYSTEM) -> bytes:
+    """Write the patient tags, with the audit item (COERCE when reconciled); pixels are copied untouched."""
     dataset = dcmread(BytesIO(dicom))
-    assign_identity(dataset, tags, REASON_COERCE)
+    assign_identity(dataset, tags, reason, system=system)
     buffer = BytesIO()
     dcmwrite(buffer, dataset, enforce_file_format=True)
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class Correction:
+    """An instance stored again by a correction (worklist/move.py): written as `target` with this audit
+    reason and system, recorded with `action`, `path` and `user`; never reconciled."""
+
+    target: dict[str, str]
+    action: str
+    reason: str
+    system: str
+    path: str
+    user: str = ""
+
+
 @dataclass
 class UploadOutcome:
     assigned: bool
+    user: str = ""
     patient_id: str | None = None  # the stored Patient ID, once processed
     rejection: str | None = None  # why reconciliation refused it
     retry: bool = False  # refused for now: 503, the client retries
@@ -116,6 +131,7 @@ class _Pending:
     retry: bool = False  # refused for now (Orthanc is starting): the sender gets a status it retries
     by_filter: bool = False  # decided in the C-STORE filter (Orthanc calling it before the callback)
     awaiting_filter: bool = False  # decided by the received-instance callback for the filter that follows
+    audit: tuple[str, str] = (REASON_COERCE, MODIFYING_SYSTEM)  # the audit item's reason and system
 
     def matches(self, dicom: bytes) -> bool:
         """Is this the instance decided? Its SOP Instance UID is in the file meta, near the start."""
@@ -132,11 +148,21 @@ class Ingest:
         self._pending: PerThread[_Pending] = PerThread()
         self._lock = threading.Lock()
         self._uploads: dict[str, UploadOutcome] = {}  # SOP Instance UID -> what the upload route awaits
+        self._corrections: dict[str, Correction] = {}  # SOP Instance UID -> the correction storing it again
 
-    def expect_upload(self, sop_instance_uid: str, assigned: bool) -> "UploadOutcome":
+    def expect_correction(self, sop_instance_uid: str, correction: Correction) -> None:
+        """Called by a correction before it stores an instance again (see Correction)."""
+        with self._lock:
+            self._corrections[sop_instance_uid] = correction
+
+    def forget_correction(self, sop_instance_uid: str) -> None:
+        with self._lock:
+            self._corrections.pop(sop_instance_uid, None)
+
+    def expect_upload(self, sop_instance_uid: str, assigned: bool, user: str = "") -> "UploadOutcome":
         """Called by the upload route before it stores: the callback then records the instance as
         an upload (`assigned` when a person chose its patient) and fills in the outcome."""
-        outcome = UploadOutcome(assigned)
+        outcome = UploadOutcome(assigned, user)
         with self._lock:
             self._uploads[sop_instance_uid] = outcome
         return outcome
@@ -157,7 +183,7 @@ class Ingest:
             if not (path == "dicom" and pending is not None and pending.by_filter and pending.matches(dicom)):
                 pending = self._decide(data, path, reconcile, started, meta if data is dicom else meta_or_none(data))
             pending.awaiting_filter = path == "dicom" and not pending.by_filter
-            rewritten = rewrite_identity(data, pending.target) if pending.target else None
+            rewritten = rewrite_identity(data, pending.target, *pending.audit) if pending.target else None
         except Exception:
             log.exception("Ingest of an instance received by %s failed; stored as received", path)
             return KEEP, None
@@ -178,6 +204,9 @@ class Ingest:
             return _Pending("", entry, started=started)
         with self._lock:
             upload = self._uploads.pop(sop, None)
+            correction = self._corrections.pop(sop, None)
+        if correction is not None:
+            return self._corrected(sop, identity, correction, len(dicom), started)
         assigned = False
         if upload is not None:  # the upload route's own store (its token bypasses the HTTP filter)
             path, assigned, reconcile = "upload", upload.assigned, True
@@ -202,11 +231,22 @@ class Ingest:
             path=path, remote="", sop_instance_uid=sop, study_instance_uid=identity.study_uid,
             patient_before=identity.patient_id, patient_after="" if rejected else patient_after, action=action,
             syntax_before="", syntax_after="", bytes_before=len(dicom), bytes_after=0, duration_ms=0.0,
-            error=reason if action in (REJECTED, "unverified") else "")
+            error=reason if action in (REJECTED, "unverified") else "", user_name=upload.user if upload else "")
         if upload is not None:
             upload.patient_id, upload.rejection = entry.patient_after or None, reason if rejected else None
             upload.retry = retry
         return _Pending(sop, entry, reason if rejected else None, started, target, retry=retry)
+
+    def _corrected(self, sop: str, identity: Identity, correction: Correction, size: int, started: float) -> _Pending:
+        """An instance a correction stores again: its new identity, never reconciled (the correction
+        moved the study's claim first)."""
+        entry = HistoryEntry(
+            path=correction.path, remote="", sop_instance_uid=sop, study_instance_uid=identity.study_uid,
+            patient_before=identity.patient_id, patient_after=correction.target["PatientID"], action=correction.action,
+            syntax_before="", syntax_after="", bytes_before=size, bytes_after=0, duration_ms=0.0,
+            user_name=correction.user)
+        target = correction.target if correction.target != identity.tags() else None
+        return _Pending(sop, entry, started=started, target=target, audit=(correction.reason, correction.system))
 
     def cstore_filter(self, instance_data: Callable[[], bytes], calling_aet: str) -> int:
         """The DIMSE answer for one C-STORE instance: 0, or the refusal status. Orthanc 1.10 calls the

@@ -95,8 +95,10 @@ def start(sdk) -> None:
     sdk.RegisterOnStoredInstanceCallback(_on_stored(ingest, area))
     load_owners = threading.Thread(target=_load_study_owners, args=(pacs, owners, history, ledger, state.shared),
                                    name="neuronova-owners", daemon=True)
-    sdk.RegisterOnChangeCallback(_on_change(sdk, background, state, ledger, metrics, reconciler, load_owners.start))
+    sdk.RegisterOnChangeCallback(_on_change(sdk, background, state, ledger, metrics, reconciler, load_owners.start,
+                                            api.reverifier.stop))
     background.start()
+    api.reverifier.start()
     log.info("started: directory %s, storage %s (compression %s, %s), reconciliation %s, state in %s",
              settings.directory.backend, settings.storage.root, settings.storage.pack.target, settings.storage.when,
              "on" if settings.reconciliation.enabled else "off", settings.shared.backend)
@@ -184,7 +186,7 @@ def _on_stored(ingest: Ingest, area: StorageArea):
 
 
 def _on_change(sdk, background: BackgroundCompressor, state: PluginState, ledger: Ledger, metrics: Metrics,
-               reconciler: Reconciler, started):
+               reconciler: Reconciler, started, stop_reverifying):
     """Orthanc calls this for every change (NEW_INSTANCE for each instance): it does nothing else."""
     changes = sdk.ChangeType
     started_change, deleted, stopped = changes.ORTHANC_STARTED, changes.DELETED, changes.ORTHANC_STOPPED
@@ -197,6 +199,7 @@ def _on_change(sdk, background: BackgroundCompressor, state: PluginState, ledger
         elif change_type == started_change:
             started()  # the plugin may call the database from now on
         elif change_type == stopped:
+            stop_reverifying()
             metrics.stop()
             background.stop()
             state.close()

@@ -26,7 +26,7 @@ class Pacs(Protocol):
         """Orthanc's own answer to POST uri, bypassing the plugin's routes."""
 
     def core_delete(self, uri: str) -> None:
-        """Orthanc's own DELETE uri (an instance the plugin stored and must take back)."""
+        """Orthanc's own DELETE uri (an instance the plugin stored and must take back, or moved). Raises NotFound."""
 
     def study_owner(self, study_instance_uid: str) -> dict[str, str] | None:
         """The four patient tags of the study stored under this StudyInstanceUID, or None."""

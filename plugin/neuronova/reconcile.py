@@ -20,7 +20,8 @@ from .errors import DirectoryUnavailable
 ASSIGNED, COERCED, UNCHANGED, UNMATCHED, UNVERIFIED, CONFLICT, REJECTED = (
     "assigned", "coerced", "unchanged", "unmatched", "unverified", "conflict", "rejected")
 RECOVERED = "recovered"  # a row written at start for an instance stored just before a crash (history.py)
-ACTIONS = (ASSIGNED, COERCED, UNCHANGED, UNMATCHED, UNVERIFIED, CONFLICT, REJECTED, RECOVERED)
+MOVED = "moved"  # a person moved the instance's study to a patient (worklist/move.py)
+ACTIONS = (ASSIGNED, COERCED, UNCHANGED, UNMATCHED, UNVERIFIED, CONFLICT, REJECTED, RECOVERED, MOVED)
 UNAVAILABLE_RETRY_SECONDS = 5.0
 
 
@@ -89,6 +90,8 @@ class StudyOwners:
         self._owners: dict[str, dict[str, str]] = {}
         self._by_orthanc_id: dict[str, str] = {}
         self._early: list[tuple[str, dict[str, str]]] = []  # claims made before load (not decided ones)
+        self._moved_from: dict[str, set[str]] = {}  # StudyInstanceUID -> Patient IDs a person moved it away from
+        self._kept: dict[str, int] = {}  # Orthanc study ID -> deletions to ignore (a study emptied to be stored again)
         self._lock = threading.Lock()
         self._loaded = threading.Event()
         if studies is not None:
@@ -125,12 +128,48 @@ class StudyOwners:
             self._owners[study_uid] = dict(tags)
             self._by_orthanc_id[orthanc_study_id(tags.get("PatientID", ""), study_uid)] = study_uid
 
+    def owner(self, study_uid: str) -> dict[str, str] | None:
+        """The study's patient as claimed now, or None (no waiting, no claim: what the worklist shows)."""
+        with self._lock:
+            owner = self._owners.get(study_uid)
+            return dict(owner) if owner is not None else None
+
+    def reassign(self, study_uid: str, tags: dict[str, str]) -> None:
+        """The study moves to another patient (a correction): later instances follow the new one, and
+        Orthanc deleting the study under its old patient no longer frees it."""
+        self._loaded.wait(self.LOAD_WAIT_SECONDS)
+        with self._lock:
+            if not self._loaded.is_set():
+                raise OwnersNotLoaded("the patients of the stored studies are not read yet (Orthanc is starting)")
+            old = self._owners.get(study_uid)
+            if old is not None:
+                self._by_orthanc_id.pop(orthanc_study_id(old.get("PatientID", ""), study_uid), None)
+                if old.get("PatientID") != tags.get("PatientID"):
+                    self._moved_from.setdefault(study_uid, set()).add(old.get("PatientID", ""))
+            self._owners[study_uid] = dict(tags)
+            self._by_orthanc_id[orthanc_study_id(tags.get("PatientID", ""), study_uid)] = study_uid
+
+    def moved_away_from(self, study_uid: str, patient_id: str) -> bool:
+        """Was the study moved away from this Patient ID (its later instances still carry it)?"""
+        with self._lock:
+            return patient_id in self._moved_from.get(study_uid, ())
+
+    def keep_through_deletion(self, orthanc_id: str) -> None:
+        """A correction empties this study to store it again at once under the same identifiers: the
+        one deletion Orthanc signals for it must not free the study."""
+        with self._lock:
+            self._kept[orthanc_id] = self._kept.get(orthanc_id, 0) + 1
+
     def release(self, orthanc_id: str) -> None:
         """Orthanc deleted this study (its own identifier): its StudyInstanceUID is free again."""
         with self._lock:
+            if self._kept.get(orthanc_id):
+                self._kept[orthanc_id] -= 1
+                return
             study_uid = self._by_orthanc_id.pop(orthanc_id, None)
             if study_uid is not None:
                 self._owners.pop(study_uid, None)
+                self._moved_from.pop(study_uid, None)
 
 
 @dataclass
@@ -151,6 +190,9 @@ class Reconciler:
         self._arrivals: dict[tuple[str, str, str], _Arrival] = {}
         self.lookups = 0
         self.lookup_errors = 0
+        self._directory_down = False
+        # Told when the EMR stops answering (False) and answers again (True); must not block: called under the lock.
+        self.on_directory_state: Callable[[bool], None] = lambda available: None
 
     def decide(self, identity: Identity) -> Decision:
         with self._lock:  # decisions about one study must not interleave
@@ -184,6 +226,8 @@ class Reconciler:
         owner = self.study_owners.settle(identity.study_uid, decision.target or identity.tags())
         if owner["PatientID"] == decision.patient_after(identity):
             return decision
+        if self.study_owners.moved_away_from(identity.study_uid, decision.patient_after(identity)):
+            return Decision(MOVED, owner, f"follows its study, moved to patient {owner['PatientID']}")
         if decision.action == UNVERIFIED:  # not a conflict: the EMR cannot say, the stored study can
             return Decision(UNVERIFIED, owner, f"{decision.reason}; follows the study's patient {owner['PatientID']}")
         reason = (f"study {identity.study_uid} is already stored under patient {owner['PatientID']}, "
@@ -204,8 +248,14 @@ class Reconciler:
         try:
             arrival = _Arrival(now + self.settings.cache_seconds,
                                self.directory.resolve(identity.patient_id, identity.issuer), "")
+            if self._directory_down:  # the EMR answers again: what it could not verify is checked now
+                self._directory_down = False
+                self.on_directory_state(True)
         except DirectoryUnavailable as error:
             self.lookup_errors += 1
+            if not self._directory_down:
+                self._directory_down = True
+                self.on_directory_state(False)
             # Remembered briefly only: a down EMR is not asked (and waited for) once per image,
             # and the series goes back to verified reconciliation soon after the EMR returns.
             arrival = _Arrival(now + min(self.settings.cache_seconds, UNAVAILABLE_RETRY_SECONDS), None, str(error))

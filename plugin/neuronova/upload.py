@@ -11,7 +11,7 @@ from typing import Callable
 from pydicom import dcmwrite
 
 from .config import UploadSettings
-from .dicom.assign import assign_patient, patient_tags
+from .dicom.assign import REASON_CORRECT, assign_patient, modifying_system, patient_tags
 from .dicom.reading import read_dicom
 from .directory import Patient, PatientDirectory
 from .directory.model import validate_patient_id
@@ -81,8 +81,10 @@ class UploadService:
         self.nifti = (NiftiImport(pacs, self.store_prepared, nifti_settings or NiftiSettings())
                       if pacs is not None else None)
 
-    def upload(self, body: bytes, patient_id: str | None, headers: dict[str, str] | None = None) -> tuple[int, dict]:
-        """Answer (HTTP status, JSON) for one request body; raises NeuroNovaError for whole-request failures."""
+    def upload(self, body: bytes, patient_id: str | None, headers: dict[str, str] | None = None,
+               user: str = "") -> tuple[int, dict]:
+        """Answer (HTTP status, JSON) for one request body; raises NeuroNovaError for whole-request failures.
+        `user` is who uploads (Orthanc's authenticated user), recorded with an assignment."""
         self._check_size(body)
         if self.nifti is not None and looks_like_nifti(body):
             if patient_id is None:
@@ -92,8 +94,8 @@ class UploadService:
             return 200, self.nifti.to_new_study(body, patient_tags(patient), ImportOptions.from_headers(headers or {}))
         patient = self._lookup(patient_id) if patient_id is not None else None
         if body.startswith(_ZIP_MAGIC):
-            return self._upload_zip(body, patient)
-        patient_id, stored = self._store_one(body, patient)
+            return self._upload_zip(body, patient, user)
+        patient_id, stored = self._store_one(body, patient, user)
         return 200, {
             "success": True,
             "message": SUCCESS_MESSAGE,
@@ -121,12 +123,12 @@ class UploadService:
             raise PatientNotFound(patient_id)
         return patient
 
-    def _store_one(self, data: bytes, patient: Patient | None) -> tuple[str, dict]:
+    def _store_one(self, data: bytes, patient: Patient | None, user: str = "") -> tuple[str, dict]:
         """(the instance's patient ID, Orthanc's answer) for one validated, assigned and stored file."""
         dataset = read_dicom(data, self.settings.max_inflated_bytes)
         sop_instance_uid = dataset.SOPInstanceUID
         if patient is not None:
-            changed = assign_patient(dataset, patient)
+            changed = assign_patient(dataset, patient, REASON_CORRECT, system=modifying_system(user))
             if changed:
                 buffer = BytesIO()
                 dcmwrite(buffer, dataset, enforce_file_format=True)
@@ -134,18 +136,18 @@ class UploadService:
                 log.info("Instance %s assigned to the EMR patient (changed %s)", sop_instance_uid, ", ".join(changed))
         patient_id_in_file = str(dataset.get("PatientID", ""))
         del dataset  # its copy of the pixels goes before Orthanc receives the file (the peak of an upload)
-        stored_patient_id, stored = self._store(data, sop_instance_uid, assigned=patient is not None)
+        stored_patient_id, stored = self._store(data, sop_instance_uid, assigned=patient is not None, user=user)
         return stored_patient_id or patient_id_in_file, stored
 
     def store_prepared(self, data: bytes, sop_instance_uid: str) -> dict:
         """Store a file the plugin built itself (patient already set, as a person chose it): Orthanc's answer."""
         return self._store(data, sop_instance_uid, assigned=True)[1]
 
-    def _store(self, data: bytes, sop_instance_uid: str, assigned: bool) -> tuple[str | None, dict]:
+    def _store(self, data: bytes, sop_instance_uid: str, assigned: bool, user: str = "") -> tuple[str | None, dict]:
         """(the patient ID it was stored under, Orthanc's answer) for one file, through the ordinary ingest."""
         # The received-instance callback transcodes and records it; it learns from this expectation
         # that a person chose the patient, and tells back under which patient it was stored.
-        outcome = self.ingest.expect_upload(sop_instance_uid, assigned=assigned)
+        outcome = self.ingest.expect_upload(sop_instance_uid, assigned=assigned, user=user)
         try:
             answer = self.store(data)
         finally:
@@ -158,7 +160,7 @@ class UploadService:
         log.info("Instance %s stored as %s (%s)", sop_instance_uid, stored["ID"], stored["Status"])
         return outcome.patient_id, stored
 
-    def _upload_zip(self, body: bytes, patient: Patient | None) -> tuple[int, dict]:
+    def _upload_zip(self, body: bytes, patient: Patient | None, user: str = "") -> tuple[int, dict]:
         archive = _open_zip(body)
         members = [info for info in archive.infolist()  # (ZipInfo.is_dir fails on an empty name)
                    if not info.filename.endswith("/") and not info.filename.startswith(_IGNORED_ZIP_PREFIXES)]
@@ -172,7 +174,7 @@ class UploadService:
                 unzipped += len(data)
                 if unzipped > self.settings.max_unzipped_bytes:
                     raise PayloadTooLarge("ZIP archive inflates beyond NeuroNova.Upload.MaxUnzippedSizeMB")
-                patient_id, stored = self._store_one(data, patient)
+                patient_id, stored = self._store_one(data, patient, user)
                 results.append({"file": info.filename, "success": True, "patient_id": patient_id,
                                 "orthanc_response": stored})
             except Exception as error:  # one member's failure is its own result: the others go on

@@ -7,10 +7,9 @@ from __future__ import annotations
 import os
 
 import pytest
-import requests
 
 from support.dicom_files import read_bytes, tiny_jpeg
-from support.servers import OrthancServer
+from support.servers import OrthancServer, OrthancWithLogin
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -94,32 +93,6 @@ def files(tmp_path):
         (folder / name).write_bytes(data)
         paths[name] = str(folder / name)
     return paths
-
-
-class OrthancWithLogin(OrthancServer):
-    """Orthanc requiring HTTP Basic authentication, as a hospital would run it."""
-
-    USER = ("radiographer", "secret")
-
-    def __init__(self, data_dir: str):
-        super().__init__(data_dir, {"AuthenticationEnabled": True, "RegisteredUsers": dict([self.USER])})
-
-    def _answers(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"Orthanc exited with {self.process.returncode}; log tail:\n{self.log_tail()}")
-        try:
-            return requests.get(self.url + "/system", auth=self.USER, timeout=1).ok
-        except requests.RequestException:
-            return False
-
-    def get(self, path: str, **kwargs) -> requests.Response:
-        return requests.get(self.url + path, timeout=60, auth=self.USER, **kwargs)
-
-    def post(self, path: str, **kwargs) -> requests.Response:
-        return requests.post(self.url + path, timeout=120, auth=self.USER, **kwargs)
-
-    def delete(self, path: str) -> requests.Response:
-        return requests.delete(self.url + path, timeout=60, auth=self.USER)
 
 
 @pytest.fixture(scope="module")

@@ -149,3 +149,33 @@ class OrthancServer:
     def clear(self) -> None:
         for patient in self.get("/patients").json():
             self.delete(f"/patients/{patient}")
+
+
+class OrthancWithLogin(OrthancServer):
+    """Orthanc requiring HTTP Basic authentication, as a hospital would run it."""
+
+    USER = ("radiographer", "secret")
+
+    def __init__(self, data_dir: str, overrides: dict | None = None):
+        super().__init__(data_dir, {"AuthenticationEnabled": True, "RegisteredUsers": dict([self.USER]),
+                                    **(overrides or {})})
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"Orthanc exited with {self.process.returncode}; log tail:\n{self.log_tail()}")
+        try:
+            return requests.get(self.url + "/system", auth=self.USER, timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return requests.get(self.url + path, timeout=60, auth=self.USER, **kwargs)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return requests.post(self.url + path, timeout=120, auth=self.USER, **kwargs)
+
+    def put(self, path: str, **kwargs) -> requests.Response:
+        return requests.put(self.url + path, timeout=60, auth=self.USER, **kwargs)
+
+    def delete(self, path: str) -> requests.Response:
+        return requests.delete(self.url + path, timeout=60, auth=self.USER)

@@ -66,8 +66,8 @@ def test_static_files_answer_get_only(static_dir):
 
 def test_the_shipped_files_are_served():
     files = StaticFiles()
-    assert {"index.html", "upload-dialog.js", "upload-dialog.css", "dashboard.js", "dashboard.css",
-            "explorer-extension.js"} <= set(files.files)
+    assert {"index.html", "upload-dialog.js", "upload-dialog.css", "dashboard.js", "dashboard.css", "i18n.js",
+            "worklist.js", "explorer-extension.js"} <= set(files.files)
     for name in files.files:
         assert get(files, name).status == 200
 

@@ -15,6 +15,12 @@ REASON_CORRECT = "CORRECT"  # a person's explicit assignment
 REASON_COERCE = "COERCE"  # automatic reconciliation against the EMR
 
 _UTF8 = "ISO_IR 192"
+_LO_LENGTH = 64
+
+
+def modifying_system(user: str = "") -> str:
+    """Modifying System (0400,0563, LO): the plugin, and the person who asked when one did."""
+    return f"{MODIFYING_SYSTEM} ({user})"[:_LO_LENGTH] if user else MODIFYING_SYSTEM
 
 
 def patient_tags(patient: Patient) -> dict[str, str]:
@@ -28,9 +34,9 @@ def patient_tags(patient: Patient) -> dict[str, str]:
 
 
 def assign_patient(dataset: Dataset, patient: Patient, reason: str = REASON_CORRECT,
-                   now: datetime.datetime | None = None) -> list[str]:
+                   now: datetime.datetime | None = None, system: str = MODIFYING_SYSTEM) -> list[str]:
     """Make the dataset's patient identity the EMR's; return the keywords that changed."""
-    return assign_identity(dataset, patient_tags(patient), reason, now)
+    return assign_identity(dataset, patient_tags(patient), reason, now, system)
 
 
 def changed_tags(dataset: Dataset, wanted: dict[str, str]) -> list[str]:
@@ -38,7 +44,7 @@ def changed_tags(dataset: Dataset, wanted: dict[str, str]) -> list[str]:
 
 
 def assign_identity(dataset: Dataset, wanted: dict[str, str], reason: str = REASON_CORRECT,
-                    now: datetime.datetime | None = None) -> list[str]:
+                    now: datetime.datetime | None = None, system: str = MODIFYING_SYSTEM) -> list[str]:
     """Write the four patient tags; return the keywords that changed.
 
     Nothing changes (and no audit item is added) when the tags already hold these values,
@@ -55,7 +61,7 @@ def assign_identity(dataset: Dataset, wanted: dict[str, str], reason: str = REAS
         dataset.decode()
         dataset.SpecificCharacterSet = _UTF8
 
-    _add_original_attributes(dataset, changed, reason, now or datetime.datetime.now().astimezone())
+    _add_original_attributes(dataset, changed, reason, now or datetime.datetime.now().astimezone(), system)
     old_patient_id = str(dataset.get("PatientID", "") or "")
     if "PatientID" in changed and old_patient_id:
         other = Dataset()
@@ -80,7 +86,8 @@ def _character_sets(dataset: Dataset) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _add_original_attributes(dataset: Dataset, keywords: list[str], reason: str, now: datetime.datetime) -> None:
+def _add_original_attributes(dataset: Dataset, keywords: list[str], reason: str, now: datetime.datetime,
+                             system: str) -> None:
     previous = Dataset()
     for keyword in keywords:
         if keyword in dataset:
@@ -91,7 +98,7 @@ def _add_original_attributes(dataset: Dataset, keywords: list[str], reason: str,
     item = Dataset()
     item.ModifiedAttributesSequence = Sequence([previous])
     item.AttributeModificationDateTime = now.strftime("%Y%m%d%H%M%S.%f%z")
-    item.ModifyingSystem = MODIFYING_SYSTEM
+    item.ModifyingSystem = system
     item.SourceOfPreviousValues = ""
     item.ReasonForTheAttributeModification = reason
     if "OriginalAttributesSequence" not in dataset:

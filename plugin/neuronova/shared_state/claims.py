@@ -27,6 +27,7 @@ from typing import Callable
 
 import psycopg
 
+from ..errors import NotAvailable
 from ..reconcile import OwnersNotLoaded, orthanc_study_id
 from .database import DATABASE_ERRORS, SharedDatabase
 
@@ -176,6 +177,26 @@ class SharedStudyOwners:
                                 "until they are back", type(error).__name__)
             self._listening.clear()
             self._stopping.wait(0.5)
+
+    # Moving a study to another patient (the worklist) keeps its bookkeeping per server: with several
+    # servers it would have to be shared as the claims are. Until then it is refused, and no study
+    # counts as moved (instances that disagree with their study are conflicts, as before).
+
+    def owner(self, study_uid: str) -> dict[str, str] | None:
+        """The study's patient as this server knows it now (its cache), or None."""
+        cached = self._cached(study_uid)
+        return dict(cached) if cached is not None else None
+
+    def moved_away_from(self, study_uid: str, patient_id: str) -> bool:
+        return False
+
+    def reassign(self, study_uid: str, tags: dict[str, str]) -> None:
+        raise NotAvailable("moving a study to another patient is not available yet with several servers on one "
+                           "PostgreSQL (NeuroNova.SharedState): move it on a single-server installation, or delete "
+                           "and send it again")
+
+    def keep_through_deletion(self, orthanc_id: str) -> None:
+        raise NotAvailable("moving a study to another patient is not available yet with several servers")
 
     def stop(self) -> None:
         self._stopping.set()

@@ -13,6 +13,9 @@
   var COMPRESS_URL = new URL('../storage/compress', PAGE_BASE).href;  // <prefix>/neuronova/storage/compress
   var STATISTICS_URL = new URL('statistics', ORTHANC_ROOT).href;      // <prefix>/statistics
   var AUTO_REFRESH_MS = 30000;
+  var I18N = window.NeuroNovaI18n;
+  var t = I18N.t;
+  var plural = I18N.plural;
   var JOB_POLL_MS = 2000;
 
   var studies = [];
@@ -67,8 +70,8 @@
     if (!shown.length) {
       var empty = document.createElement('tr');
       empty.className = 'nn-empty';
-      var td = cell(empty, studies.length ? 'No study matches the filter.'
-        : 'No study stored yet. Press "Upload DICOM" to add some.');
+      var td = cell(empty, t(studies.length ? 'No study matches the filter.'
+        : 'No study stored yet. Press "Upload DICOM" to add some.'));
       td.colSpan = 9;
       body.appendChild(empty);
       return;
@@ -80,7 +83,7 @@
         row.className = 'nn-new';
       }
       var patient = cell(row);
-      span(patient, study.patient_name || '(no name)', 'nn-patient-name');
+      span(patient, study.patient_name || t('(no name)'), 'nn-patient-name');
       span(patient, study.patient_id, 'nn-patient-id');
       var date = cell(row, study.study_date || '-');
       if (study.study_time) {
@@ -88,7 +91,7 @@
       }
       var description = cell(row, study.study_description || '-');
       if (study.accession_number) {
-        span(description, 'Accession ' + study.accession_number, 'nn-sub');
+        span(description, t('Accession {number}', {number: study.accession_number}), 'nn-sub');
       }
       var modalities = cell(row);
       study.modalities.forEach(function (modality) { span(modalities, modality, 'nn-modality'); });
@@ -97,19 +100,31 @@
       cell(row, formatBytes(study.stored_bytes), 'nn-num');
       var saving = cell(row, undefined, 'nn-num');
       if (study.saved_bytes === null || study.saved_bytes === undefined) {
-        span(saving, '-', 'nn-none').title = 'No ingest history for this study';
+        span(saving, '-', 'nn-none').title = t('No ingest history for this study');
       } else {
         span(saving, formatBytes(study.saved_bytes) + ' (' + study.saving_percent + '%)', 'nn-saving').title =
-          formatBytes(study.received_bytes) + ' received';
+          t('{size} received', {size: formatBytes(study.received_bytes)});
       }
       var open = cell(row, undefined, 'nn-open-cell');
-      var which = 'the study ' + (study.study_description || study.study_date || '') + ' of ' +
-        (study.patient_name || study.patient_id);
+      var which = t('the study {what} of {who}', {what: study.study_description || study.study_date || '',
+                                                   who: study.patient_name || study.patient_id});
       if (study.viewer_url && viewer && viewer.available) {
-        openLink(open, study.viewer_url, 'Open in viewer', 'Open ' + which + ' in the OHIF Viewer', 'nn-open-viewer')
-          .target = '_blank';
+        openLink(open, study.viewer_url, t('Open in viewer'), t('Open {which} in the OHIF Viewer', {which: which}),
+                 'nn-open-viewer').target = '_blank';
       }
-      openLink(open, study.explorer_url, 'Open in Explorer', 'Open ' + which + ' in Orthanc Explorer', 'nn-open-explorer');
+      openLink(open, study.explorer_url, t('Open in Explorer'), t('Open {which} in Orthanc Explorer', {which: which}),
+               'nn-open-explorer');
+      var moveButton = document.createElement('button');
+      moveButton.type = 'button';
+      moveButton.className = 'nn-open nn-open-move';
+      moveButton.textContent = t('Move to patient...');
+      moveButton.setAttribute('aria-label', t('Move {which} to another patient', {which: which}));
+      moveButton.addEventListener('click', function () {
+        window.NeuroNovaMove.open({study: study.id, patientId: study.patient_id, patientName: study.patient_name,
+                                   date: study.study_date, description: study.study_description,
+                                   instances: study.instance_count});
+      });
+      open.appendChild(moveButton);
       body.appendChild(row);
     });
   }
@@ -127,7 +142,7 @@
   /** Why "Open in viewer" is missing, when the plugin could not set the viewer up. */
   function showViewerStatus() {
     var note = $('nn-viewer-note');
-    note.textContent = viewer && !viewer.available ? 'The viewer is not available: ' + viewer.error + '.' : '';
+    note.textContent = viewer && !viewer.available ? t('The viewer is not available: {error}.', {error: viewer.error}) : '';
     note.hidden = !note.textContent;
   }
 
@@ -147,7 +162,7 @@
             answer = JSON.parse(text);
           } catch (error) { /* not JSON: reported below */ }
           if (!response.ok || !answer || !answer.success) {
-            throw new Error(answer && answer.error ? answer.error : 'HTTP ' + response.status);
+            throw new Error(answer && answer.error ? answer.error : t('HTTP {status}', {status: response.status}));
           }
           return answer;
         });
@@ -174,11 +189,11 @@
         studies.forEach(function (study) { known[study.id] = true; });
         showError('');
         render();
-        $('nn-list-status').textContent = 'Showing ' + studies.length + ' of ' + answer.total +
-          ' studies, most recently received first. Updated ' + new Date().toLocaleTimeString() + '.';
+        $('nn-list-status').textContent = t('Showing {shown} of {total} studies, most recently received first. ' +
+          'Updated {time}.', {shown: studies.length, total: answer.total, time: new Date().toLocaleTimeString()});
       })
       .catch(function (error) {
-        showError('Could not load the study list: ' + error.message);
+        showError(t('Could not load the study list: {error}', {error: error.message}));
         $('nn-list-status').textContent = '';
       })
       .then(function () { loading = null; });
@@ -187,10 +202,6 @@
 
   // ---------------------------------------------------------------- the storage panel
 
-  function plural(count, word) {
-    return count + ' ' + word + (count === 1 ? '' : 's');
-  }
-
   function setText(id, text) {
     var element = $(id);
     element.textContent = text;
@@ -198,11 +209,11 @@
   }
 
   function jobCounts(job) {
-    var parts = [job.compressed + ' compressed'];
+    var parts = [t('{count} compressed', {count: job.compressed})];
     if (job.already) {
-      parts.push(job.already + ' already compressed');
+      parts.push(t('{count} already compressed', {count: job.already}));
     }
-    parts.push(job.kept + ' kept as received', job.failed + ' failed');
+    parts.push(t('{count} kept as received', {count: job.kept}), t('{count} failed', {count: job.failed}));
     return parts.join(', ');
   }
 
@@ -212,18 +223,20 @@
     var saved = $('nn-storage-saved');
     saved.textContent = formatBytes(answer.saved_bytes) + ' (' + answer.saving_percent + '%)';
     saved.className = answer.saved_bytes > 0 ? 'nn-saving' : '';
-    var files = plural(answer.compressed_files, 'file') + ' compressed, ' + answer.plain_files + ' as received';
+    var files = t('{files} compressed, {plain} as received', {files: plural(answer.compressed_files, 'file'),
+                                                               plain: answer.plain_files});
     if (answer.pending) {
-      files += ', ' + answer.pending + ' waiting';
+      files += ', ' + t('{count} waiting', {count: answer.pending});
     }
-    $('nn-storage-files').textContent = files + ' \u00b7 compression ' +
-      (answer.when === 'background' ? 'in the background' : 'at ingest');
+    $('nn-storage-files').textContent = files + ' \u00b7 ' +
+      t(answer.when === 'background' ? 'compression in the background' : 'compression at ingest');
     // Files stored before the plugin are unknown to it until the job has looked at them.
     var counted = answer.compressed_files + answer.plain_files + answer.pending;
     var untracked = statistics ? statistics.CountInstances - counted : 0;
     setText('nn-storage-untracked', untracked > 0 && !jobActive
-      ? plural(untracked, 'instance') + ' stored before the plugin ' + (untracked === 1 ? 'is' : 'are') +
-        ' not counted yet: "Compress existing storage" takes them in.' : '');
+      ? t(untracked === 1 ? '{instances} stored before the plugin is not counted yet: "Compress existing storage" takes it in.'
+        : '{instances} stored before the plugin are not counted yet: "Compress existing storage" takes them in.',
+          {instances: plural(untracked, 'instance')}) : '');
   }
 
   function renderJob(job) {
@@ -236,26 +249,27 @@
       var progress = $('nn-storage-progress');
       var percent = Math.max(0, Math.min(100, job.percent || 0));
       progress.querySelector('.nn-progress-bar').style.width = percent + '%';
-      progress.querySelector('.nn-progress-label').textContent = job.state === 'counting' ? 'Counting files...'
+      progress.querySelector('.nn-progress-label').textContent = job.state === 'counting' ? t('Counting files...')
         : percent + '%';
       progress.setAttribute('aria-valuenow', String(Math.round(percent)));
-      progress.setAttribute('aria-valuetext', job.state === 'counting' ? 'Counting files' : percent + '%');
+      progress.setAttribute('aria-valuetext', job.state === 'counting' ? t('Counting files') : percent + '%');
       $('nn-storage-job-text').textContent = job.state === 'counting'
-        ? 'Compressing the existing storage: counting the stored files...'
-        : 'Compressing the existing storage: ' + job.scanned + ' of ' + plural(job.total, 'file') + ' scanned, ' +
-          jobCounts(job) + (job.elapsed_seconds >= 1 ? ' \u00b7 ' + job.files_per_second + ' files/s' : '');
+        ? t('Compressing the existing storage: counting the stored files...')
+        : t('Compressing the existing storage: {scanned} of {total} scanned, {counts}', {
+          scanned: job.scanned, total: plural(job.total, 'file'), counts: jobCounts(job)}) +
+          (job.elapsed_seconds >= 1 ? ' \u00b7 ' + t('{rate} files/s', {rate: job.files_per_second}) : '');
     }
     var finished = job.finished ? ' (' + new Date(job.finished * 1000).toLocaleString() + ')' : '';
     if (job.state === 'done') {
-      setText('nn-storage-done', 'Compression of the existing storage done' + finished + ': ' +
-        plural(job.scanned, 'file') + ' scanned, ' + jobCounts(job) + '.');
+      setText('nn-storage-done', t('Compression of the existing storage done{when}: {scanned} scanned, {counts}.', {
+        when: finished, scanned: plural(job.scanned, 'file'), counts: jobCounts(job)}));
     } else {
       setText('nn-storage-done', '');
     }
     if (job.state === 'failed') {
-      showStorageError('Compression of the existing storage stopped' + finished + ': ' +
-        (job.error || 'unknown error') + ' (' + job.scanned + ' of ' + plural(job.total, 'file') + ' scanned, ' +
-        jobCounts(job) + ').');
+      showStorageError(t('Compression of the existing storage stopped{when}: {error} ({scanned} of {total} scanned, ' +
+        '{counts}).', {when: finished, error: job.error || t('unknown error'), scanned: job.scanned,
+                       total: plural(job.total, 'file'), counts: jobCounts(job)}));
     }
     var wasActive = jobActive;
     jobActive = active;
@@ -288,7 +302,7 @@
         renderFigures(answers[0], answers[1]);
       })
       .catch(function (error) {
-        showStorageError('Could not load the storage figures: ' + error.message);
+        showStorageError(t('Could not load the storage figures: {error}', {error: error.message}));
       })
       .then(function () {
         storageLoading = null;
@@ -310,7 +324,7 @@
       })
       .catch(function (error) {
         button.disabled = jobActive;
-        showStorageError('Could not start the compression of the existing storage: ' + error.message);
+        showStorageError(t('Could not start the compression of the existing storage: {error}', {error: error.message}));
       });
   }
 
@@ -323,13 +337,19 @@
           link.href = new URL('app/explorer.html', ORTHANC_ROOT).href;
           link.textContent = system.Name + ' \u00bb ';
           $('nn-orthanc-name').appendChild(link);
-          document.title = system.Name + ' - Studies';
+          document.title = system.Name + ' - ' + t('Studies');
         }
       })
       .catch(function () { /* the title stays generic */ });
   }
 
+  window.NeuroNovaDashboard = {requestJson: requestJson, cell: cell, span: span, formatBytes: formatBytes,
+                               reloadStudies: function () { return load(); }};
+
   document.addEventListener('DOMContentLoaded', function () {
+    document.documentElement.lang = I18N.lang;
+    I18N.translatePage(document);
+    document.title = t('Studies');
     $('nn-open-upload').addEventListener('click', function () {
       window.NeuroNovaUpload.open({});
     });

@@ -11,6 +11,30 @@
   var here = (document.currentScript && document.currentScript.src) || window.location.href;
   var appBase = new URL('../neuronova/app/', here).href;
   var loading = null;
+  // The button is drawn before the dialog's scripts load: its two texts are here (i18n.js has the rest).
+  var korean = (function () {
+    var languages = navigator.languages && navigator.languages.length ? navigator.languages : [navigator.language || ''];
+    for (var i = 0; i < languages.length; i++) {
+      var primary = String(languages[i]).toLowerCase().split('-')[0];
+      if (primary === 'ko' || primary === 'en') {
+        return primary === 'ko';
+      }
+    }
+    return false;
+  })();
+
+  function loadScript(name) {
+    return new Promise(function (resolve, reject) {
+      var script = document.createElement('script');
+      script.src = appBase + name;
+      script.onload = resolve;
+      script.onerror = function () {
+        script.remove();
+        reject(new Error('could not load ' + script.src));
+      };
+      document.head.appendChild(script);
+    });
+  }
 
   function loadDialog() {
     if (window.NeuroNovaUpload) {
@@ -22,16 +46,13 @@
         style.rel = 'stylesheet';
         style.href = appBase + 'upload-dialog.css';
         document.head.appendChild(style);
-        var script = document.createElement('script');
-        script.src = appBase + 'upload-dialog.js';
-        script.onload = function () { resolve(window.NeuroNovaUpload); };
-        script.onerror = function () {
+        loadScript('i18n.js').then(function () { return loadScript('upload-dialog.js'); }).then(function () {
+          resolve(window.NeuroNovaUpload);
+        }, function (error) {
           loading = null;
           style.remove();
-          script.remove();
-          reject(new Error('could not load ' + script.src));
-        };
-        document.head.appendChild(script);
+          reject(error);
+        });
       });
     }
     return loading;
@@ -59,9 +80,10 @@
         'data-role': 'button',
         'data-icon': 'plus',
         'class': 'neuronova-upload-open',
-        title: 'Upload DICOM files, assigning them to an EMR patient'
+        title: korean ? 'DICOM 파일을 업로드하고 EMR 환자에 배정합니다'
+          : 'Upload DICOM files, assigning them to an EMR patient'
       })
-      .text('Upload DICOM')
+      .text(korean ? 'DICOM 업로드' : 'Upload DICOM')
       .appendTo(group);
   });
 

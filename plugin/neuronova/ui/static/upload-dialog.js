@@ -28,56 +28,69 @@
   var MAX_BUSY_RETRIES = 30;  // a busy server answers 503 with Retry-After; after these, the 503 is shown
   var PATIENT_LIMIT = 50;
   var SEARCH_DELAY_MS = 250;
-  var REFUSED_MESSAGE = 'Please select a DICOM file (.dcm or .dicom)';
-  var NO_PATIENT = 'No patient selected (use existing metadata)';
+  // The page's language (i18n.js, loaded first); without it, English.
+  var I18N = window.NeuroNovaI18n || {
+    lang: 'en',
+    t: function (text, params) {
+      return text.replace(/\{(\w+)\}/g, function (whole, key) { return params && key in params ? params[key] : whole; });
+    },
+    plural: function (count, noun) { return count + ' ' + noun + (count === 1 || noun === 'series' ? '' : 's'); },
+    translatePage: function () {}
+  };
+  var t = I18N.t;
+  var plural = I18N.plural;
+  var REFUSED_MESSAGE = t('Please select a DICOM file (.dcm or .dicom)');
+  var NO_PATIENT = t('No patient selected (use existing metadata)');
   var TAKEN_EXTENSIONS = {dcm: true, dicom: true, zip: true, nii: true};
   var STUDY_LIMIT = 200;
-  var NEW_STUDY = 'A new study of the chosen patient';
+  var NEW_STUDY = t('A new study of the chosen patient');
 
   var TEMPLATE = [
     '<div class="nn-dialog-header ui-bar ui-bar-a">',
-    '  <h2 id="nn-upload-title" class="nn-dialog-title">Upload DICOM File</h2>',
+    '  <h2 id="nn-upload-title" class="nn-dialog-title" data-i18n>Upload DICOM File</h2>',
     '</div>',
     '<div class="nn-dialog-body">',
-    '  <h3 class="nn-section-title" id="nn-upload-files-title">Select DICOM File</h3>',
+    '  <h3 class="nn-section-title" id="nn-upload-files-title" data-i18n>Select DICOM File</h3>',
     '  <div class="nn-drop ui-corner-all" id="nn-upload-drop" tabindex="0" role="button"',
     '       aria-describedby="nn-upload-drop-help">',
-    '    <p id="nn-upload-drop-help">Drop DICOM files, a folder or a ZIP archive here',
+    '    <p id="nn-upload-drop-help" data-i18n>Drop DICOM files, a folder or a ZIP archive here',
     '      (.dcm, .dicom, .zip or files without an extension), NIfTI volumes (.nii, .nii.gz), or</p>',
     '    <div class="nn-drop-buttons">',
-    '      <button type="button" class="nn-btn nn-theme-c" id="nn-upload-choose-files">Choose files</button>',
-    '      <button type="button" class="nn-btn nn-theme-c" id="nn-upload-choose-folder">Choose folder</button>',
+    '      <button type="button" class="nn-btn nn-theme-c" id="nn-upload-choose-files" data-i18n>Choose files</button>',
+    '      <button type="button" class="nn-btn nn-theme-c" id="nn-upload-choose-folder" data-i18n>Choose folder</button>',
     '    </div>',
     '    <input type="file" id="nn-upload-files" class="nn-hidden-input" multiple tabindex="-1"',
     '           aria-labelledby="nn-upload-files-title">',
     '    <input type="file" id="nn-upload-folder" class="nn-hidden-input" multiple webkitdirectory tabindex="-1"',
-    '           aria-label="Select a folder">',
+    '           aria-label="Select a folder" data-i18n-attr="aria-label">',
     '  </div>',
     '  <div class="nn-refused nn-msg nn-msg-error" id="nn-upload-refused" role="alert" hidden>',
     '    <p class="nn-refused-message" id="nn-upload-refused-message"></p>',
     '    <p class="nn-refused-names" id="nn-upload-refused-names"></p>',
     '  </div>',
-    '  <ul class="nn-files" id="nn-upload-file-list" aria-label="Files to upload"></ul>',
+    '  <ul class="nn-files" id="nn-upload-file-list" aria-label="Files to upload" data-i18n-attr="aria-label"></ul>',
     '  <p class="nn-files-summary" id="nn-upload-files-summary" aria-live="polite"></p>',
-    '  <label class="nn-section-title" for="nn-upload-patient-search">Assign to Patient (Optional)</label>',
+    '  <label class="nn-section-title" for="nn-upload-patient-search" data-i18n>Assign to Patient (Optional)</label>',
     '  <input type="search" id="nn-upload-patient-search" class="nn-input ui-input-text ui-body-c ui-corner-all',
-    '         ui-shadow-inset" placeholder="Search patient..." autocomplete="off" aria-controls="nn-upload-patient">',
+    '         ui-shadow-inset" placeholder="Search patient..." autocomplete="off" aria-controls="nn-upload-patient"',
+    '         data-i18n-attr="placeholder">',
     '  <select id="nn-upload-patient" class="nn-input nn-select ui-body-c ui-corner-all ui-shadow-inset"',
-    '          aria-label="Patient"></select>',
+    '          aria-label="Patient" data-i18n-attr="aria-label"></select>',
     '  <p class="nn-patient-status" id="nn-upload-patient-status" aria-live="polite"></p>',
     '  <fieldset class="nn-nifti" id="nn-upload-nifti" hidden>',
-    '    <legend class="nn-section-title">NIfTI volumes</legend>',
-    '    <label for="nn-upload-study">Put them in</label>',
+    '    <legend class="nn-section-title" data-i18n>NIfTI volumes</legend>',
+    '    <label for="nn-upload-study" data-i18n>Put them in</label>',
     '    <select id="nn-upload-study" class="nn-input nn-select ui-body-c ui-corner-all ui-shadow-inset"></select>',
     '    <label class="nn-check"><input type="checkbox" id="nn-upload-nifti-labels">',
-    '      Label map (stored as a Segmentation of a series of that study)</label>',
+    '      <span data-i18n>Label map (stored as a Segmentation of a series of that study)</span></label>',
     '    <label class="nn-check"><input type="checkbox" id="nn-upload-nifti-volumes">',
-    '      4-D file: one series per volume</label>',
+    '      <span data-i18n>4-D file: one series per volume</span></label>',
     '  </fieldset>',
     '  <div class="nn-overall" id="nn-upload-overall" hidden>',
-    '    <p class="nn-overall-title" id="nn-upload-overall-title">Uploading...</p>',
+    '    <p class="nn-overall-title" id="nn-upload-overall-title" data-i18n>Uploading...</p>',
     '    <div class="nn-progress ui-corner-all" id="nn-upload-overall-progress" role="progressbar"',
-    '         aria-valuemin="0" aria-valuemax="100" aria-valuenow="0" aria-label="Overall progress">',
+    '         aria-valuemin="0" aria-valuemax="100" aria-valuenow="0" aria-label="Overall progress"',
+    '         data-i18n-attr="aria-label">',
     '      <div class="nn-progress-bar"></div><span class="nn-progress-label"></span>',
     '    </div>',
     '  </div>',
@@ -86,8 +99,8 @@
     '  <div class="nn-msg nn-msg-warning" id="nn-upload-notice" role="status" hidden></div>',
     '</div>',
     '<div class="nn-dialog-footer">',
-    '  <button type="button" class="nn-btn nn-theme-c" id="nn-upload-cancel">Cancel</button>',
-    '  <button type="button" class="nn-btn nn-theme-b" id="nn-upload-start" disabled>Upload</button>',
+    '  <button type="button" class="nn-btn nn-theme-c" id="nn-upload-cancel" data-i18n>Cancel</button>',
+    '  <button type="button" class="nn-btn nn-theme-b" id="nn-upload-start" disabled data-i18n>Upload</button>',
     '</div>'
   ].join('\n');
 
@@ -104,10 +117,6 @@
       unit += 1;
     } while (value >= 1024 && unit < units.length - 1);
     return (value >= 100 ? value.toFixed(0) : value.toFixed(1)) + ' ' + units[unit];
-  }
-
-  function plural(count, word) {
-    return count + ' ' + word + (count === 1 ? '' : 's');
   }
 
   /** .dcm, .dicom, .zip, and names without an extension (a purely numeric one, as in a UID, counts as none). */
@@ -172,10 +181,10 @@
       return answer.Message + (answer.Details ? ' (' + answer.Details + ')' : '');
     }
     if (xhr.status === 0) {
-      return 'the server did not answer (connection lost or refused)';
+      return t('the server did not answer (connection lost or refused)');
     }
     if (xhr.status === 401 || xhr.status === 403) {
-      return 'not authorized (HTTP ' + xhr.status + '): log in to Orthanc again';
+      return t('not authorized (HTTP {status}): log in to Orthanc again', {status: xhr.status});
     }
     return 'HTTP ' + xhr.status + (xhr.statusText ? ' ' + xhr.statusText : '');
   }
@@ -266,6 +275,8 @@
     dialog.className = 'nn-dialog ui-body-c ui-corner-all ui-shadow';
     dialog.setAttribute('aria-labelledby', 'nn-upload-title');
     dialog.innerHTML = TEMPLATE;
+    dialog.lang = I18N.lang;
+    I18N.translatePage(dialog);
     document.body.appendChild(dialog);
     this.dialog = dialog;
     this.el = function (id) { return dialog.querySelector('#nn-upload-' + id); };
@@ -416,7 +427,7 @@
     var box = this.el('refused');
     if (refused.length) {
       this.el('refused-message').textContent = REFUSED_MESSAGE;
-      this.el('refused-names').textContent = 'Not taken: ' + refused.join(', ');
+      this.el('refused-names').textContent = t('Not taken: {names}', {names: refused.join(', ')});
       box.hidden = false;
     } else {
       box.hidden = true;
@@ -431,16 +442,17 @@
     row.setAttribute('data-state', 'ready');
     row.innerHTML = '<div class="nn-file-line"><span class="nn-file-name"></span>' +
       '<span class="nn-file-size"></span>' +
-      '<button type="button" class="nn-file-remove">Remove</button></div>' +
+      '<button type="button" class="nn-file-remove"></button></div>' +
       '<div class="nn-progress nn-progress-small ui-corner-all" role="progressbar" aria-valuemin="0"' +
       ' aria-valuemax="100" aria-valuenow="0"><div class="nn-progress-bar"></div>' +
       '<span class="nn-progress-label"></span></div><span class="nn-file-status"></span>';
     row.querySelector('.nn-file-name').textContent = name;
     row.querySelector('.nn-file-size').textContent = formatBytes(file.size);
-    row.querySelector('.nn-progress').setAttribute('aria-label', 'Progress of ' + name);
+    row.querySelector('.nn-progress').setAttribute('aria-label', t('Progress of {name}', {name: name}));
     var entry = {file: file, name: name, key: key, row: row, state: 'ready', sent: 0, xhr: null};
     var remove = row.querySelector('.nn-file-remove');
-    remove.setAttribute('aria-label', 'Remove ' + name);
+    remove.textContent = t('Remove');
+    remove.setAttribute('aria-label', t('Remove {name}', {name: name}));
     remove.addEventListener('click', function () {
       self.entries.splice(self.entries.indexOf(entry), 1);
       row.remove();
@@ -472,12 +484,13 @@
     var total = 0;
     this.entries.forEach(function (entry) { total += entry.file.size; });
     el('files-summary').textContent = this.entries.length
-      ? plural(this.entries.length, 'file') + ', ' + formatBytes(total) : 'No file selected.';
+      ? t('{files}, {size}', {files: plural(this.entries.length, 'file'), size: formatBytes(total)})
+      : t('No file selected.');
     var start = el('start');
     start.disabled = this.running || this.pending().length === 0;
     start.classList.toggle('ui-disabled', start.disabled);
-    setButtonText(start, this.running ? 'Uploading...' : 'Upload');
-    setButtonText(el('cancel'), this.running || !this.finished ? 'Cancel' : 'Close');
+    setButtonText(start, t(this.running ? 'Uploading...' : 'Upload'));
+    setButtonText(el('cancel'), t(this.running || !this.finished ? 'Cancel' : 'Close'));
     this.dialog.classList.toggle('nn-running', this.running);
     el('choose-files').disabled = el('choose-folder').disabled = this.running;
     el('patient-search').disabled = el('patient').disabled = this.running;
@@ -501,8 +514,9 @@
       answered += entry.state === 'done' || entry.state === 'failed' || entry.state === 'cancelled' ? 1 : 0;
     });
     var bytes = this.batchBytes || 1;
-    var label = answered + ' of ' + plural(batch.length, 'file') + ' done, ' +
-      formatBytes(sent) + ' of ' + formatBytes(this.batchBytes) + ' sent';
+    var label = t('{answered} of {files} done, {sent} of {total} sent', {
+      answered: answered, files: plural(batch.length, 'file'), sent: formatBytes(sent),
+      total: formatBytes(this.batchBytes)});
     // Bytes sent drive the bar; the last per cent waits for the server's answers.
     var fraction = answered === batch.length ? 1 : Math.min(sent / bytes, 0.99);
     setProgress(this.el('overall-progress'), fraction, label);
@@ -518,9 +532,9 @@
     xhr.onload = function () {
       var answer = parseJson(xhr.responseText);
       (answer && answer.success ? answer.studies : []).forEach(function (study) {
-        var label = study.patient_id + ' - ' + study.patient_name + ' - ' + (study.study_date || 'no date') +
+        var label = study.patient_id + ' - ' + study.patient_name + ' - ' + (study.study_date || t('no date')) +
           (study.study_description ? ' - ' + study.study_description : '') + ' (' +
-          plural(study.series_count, 'series').replace(/seriess$/, 'series') + ')';
+          plural(study.series_count, 'series') + ')';
         select.appendChild(new Option(label, study.id));
       });
     };
@@ -545,7 +559,7 @@
       }
       var answer = parseJson(xhr.responseText);
       if (xhr.status !== 200 || !answer || !answer.success) {
-        el('patient-status').textContent = 'Could not load the patient list: ' + errorText(xhr, answer);
+        el('patient-status').textContent = t('Could not load the patient list: {error}', {error: errorText(xhr, answer)});
         el('patient-status').classList.add('nn-text-error');
         return;
       }
@@ -553,7 +567,7 @@
     };
     xhr.onerror = function () {
       if (sequence === self.searchSequence) {
-        el('patient-status').textContent = 'Could not load the patient list: ' + errorText(xhr, null);
+        el('patient-status').textContent = t('Could not load the patient list: {error}', {error: errorText(xhr, null)});
         el('patient-status').classList.add('nn-text-error');
       }
     };
@@ -587,8 +601,8 @@
     var status = this.el('patient-status');
     status.classList.remove('nn-text-error');
     status.textContent = total > patients.length
-      ? 'Showing ' + patients.length + ' of ' + total + ' patients: type to narrow the list.'
-      : plural(patients.length, 'patient') + ' found.';
+      ? t('Showing {shown} of {total} patients: type to narrow the list.', {shown: patients.length, total: total})
+      : t('{patients} found.', {patients: plural(patients.length, 'patient')});
   };
 
   // ---------------------------------------------------------------- uploading
@@ -615,11 +629,11 @@
       entry.retries = 0;
       entry.result = null;
       self.batchBytes += entry.file.size;
-      self.setState(entry, 'queued', 'Waiting', 0);
+      self.setState(entry, 'queued', t('Waiting'), 0);
     });
     ['success', 'errors', 'notice'].forEach(function (id) { el(id).hidden = true; el(id).innerHTML = ''; });
     el('overall').hidden = false;
-    el('overall-title').textContent = 'Uploading...';
+    el('overall-title').textContent = t('Uploading...');
     this.active = 0;
     this.waiting = 0;
     this.update();
@@ -659,12 +673,12 @@
     xhr.upload.onprogress = function (event) {
       entry.sent = event.loaded;
       var fraction = event.total ? event.loaded / event.total : 0;
-      self.setState(entry, 'sending', 'Sending ' + Math.round(fraction * 100) + '%', fraction);
+      self.setState(entry, 'sending', t('Sending {percent}%', {percent: Math.round(fraction * 100)}), fraction);
       self.updateOverall();
     };
     xhr.upload.onload = function () {
       entry.sent = entry.file.size;
-      self.setState(entry, 'processing', 'Sent, processing on the server...', 1);
+      self.setState(entry, 'processing', t('Sent, processing on the server...'), 1);
       self.updateOverall();
     };
     var settle = function (handler) {
@@ -690,10 +704,10 @@
     xhr.ontimeout = xhr.onerror;
     xhr.onabort = settle(function () {
       var maybeStored = entry.state === 'processing';
-      self.setState(entry, 'cancelled', maybeStored
-        ? 'Cancelled after sending: the server may have stored it' : 'Cancelled');
+      self.setState(entry, 'cancelled', t(maybeStored
+        ? 'Cancelled after sending: the server may have stored it' : 'Cancelled'));
     });
-    this.setState(entry, 'sending', 'Sending 0%', 0);
+    this.setState(entry, 'sending', t('Sending {percent}%', {percent: 0}), 0);
     xhr.send(entry.file);
   };
 
@@ -701,7 +715,7 @@
   UploadDialog.prototype.retryLater = function (entry, seconds) {
     var self = this;
     entry.retries = (entry.retries || 0) + 1;
-    this.setState(entry, 'queued', 'Server busy: sending again in ' + seconds + ' s', 0);
+    this.setState(entry, 'queued', t('Server busy: sending again in {seconds} s', {seconds: seconds}), 0);
     this.waiting = (this.waiting || 0) + 1;
     setTimeout(function () {
       self.waiting -= 1;
@@ -753,21 +767,23 @@
     }
     entry.result = result;
     if (result.failures.length && !result.stored) {
-      this.setState(entry, 'failed', 'Failed: ' + (result.failures.length === 1 ? result.failures[0]
-        : plural(result.failures.length, 'file') + ' refused'), 1);
+      this.setState(entry, 'failed', t('Failed: {error}', {error: result.failures.length === 1 ? result.failures[0]
+        : t('{files} refused', {files: plural(result.failures.length, 'file')})}), 1);
     } else if (result.failures.length) {
-      this.setState(entry, 'failed', result.stored + ' stored, ' + result.failures.length + ' failed', 1);
+      this.setState(entry, 'failed', t('{stored} stored, {failed} failed',
+        {stored: result.stored, failed: result.failures.length}), 1);
     } else {
-      this.setState(entry, 'done', result.series ? plural(result.series, 'series').replace(/seriess$/, 'series') +
-        ' of ' + plural(result.stored, 'instance') + ' stored'
-        : result.stored > 1 ? plural(result.stored, 'instance') + ' stored'
-        : (result.already ? 'Already stored' : 'Stored'), 1);
+      this.setState(entry, 'done', result.series
+        ? t('{series} of {instances} stored', {series: plural(result.series, 'series'),
+                                               instances: plural(result.stored, 'instance')})
+        : result.stored > 1 ? t('{instances} stored', {instances: plural(result.stored, 'instance')})
+        : t(result.already ? 'Already stored' : 'Stored'), 1);
     }
   };
 
   UploadDialog.prototype.failed = function (entry, message) {
     entry.result = {stored: 0, already: 0, failures: [message], patients: []};
-    this.setState(entry, 'failed', 'Failed: ' + message, 1);
+    this.setState(entry, 'failed', t('Failed: {error}', {error: message}), 1);
   };
 
   UploadDialog.prototype.cancelOrClose = function () {
@@ -777,7 +793,7 @@
     }
     this.cancelled = true;
     var self = this;
-    this.queue.forEach(function (entry) { self.setState(entry, 'cancelled', 'Cancelled (not sent)', 0); });
+    this.queue.forEach(function (entry) { self.setState(entry, 'cancelled', t('Cancelled (not sent)'), 0); });
     this.queue = [];
     this.entries.forEach(function (entry) {
       if (entry.xhr) {
@@ -810,14 +826,15 @@
         failures.push({file: entry.name, error: text});
       });
     });
-    el('overall-title').textContent = this.cancelled ? 'Upload cancelled.' : 'Upload finished.';
+    el('overall-title').textContent = t(this.cancelled ? 'Upload cancelled.' : 'Upload finished.');
     this.updateOverall();
 
     var patientIds = this.patientId ? [this.patientId] : Object.keys(patients);
     if (stored) {
-      var text = 'Uploaded and converted successfully: ' + plural(filesOk, 'file') + ', ' +
-        plural(stored, 'instance') + ' stored' + (already ? ' (' + already + ' already stored)' : '') +
-        (patientIds.length ? ' for patient ' + patientIds.join(', ') : '') + '.';
+      var text = t('Uploaded and converted successfully: {files}, {instances} stored',
+                   {files: plural(filesOk, 'file'), instances: plural(stored, 'instance')}) +
+        (already ? t(' ({count} already stored)', {count: already}) : '') +
+        (patientIds.length ? t(' for patient {ids}', {ids: patientIds.join(', ')}) : '') + '.';
       var success = el('success');
       success.textContent = text;
       if (this.options.studyListLink) {
@@ -825,7 +842,7 @@
         link.href = APP_BASE + 'index.html';
         link.rel = 'external';  // jQuery Mobile must not load it as one of its pages
         link.setAttribute('data-ajax', 'false');
-        link.textContent = 'Open the study list';
+        link.textContent = t('Open the study list');
         success.appendChild(document.createTextNode(' '));
         success.appendChild(link);
       }
@@ -834,7 +851,7 @@
     if (failures.length) {
       var box = el('errors');
       var title = document.createElement('p');
-      title.textContent = plural(failures.length, 'file') + ' failed:';
+      title.textContent = t('{files} failed:', {files: plural(failures.length, 'file')});
       box.appendChild(title);
       var list = document.createElement('ul');
       failures.forEach(function (failure) {
@@ -849,8 +866,9 @@
       box.hidden = false;
     }
     if (cancelled) {
-      el('notice').textContent = 'Upload cancelled: ' + plural(cancelled, 'file') +
-        ' not uploaded. Press Upload to send ' + (cancelled === 1 ? 'it' : 'them') + ' again.';
+      el('notice').textContent = t(cancelled === 1
+        ? 'Upload cancelled: {files} not uploaded. Press Upload to send it again.'
+        : 'Upload cancelled: {files} not uploaded. Press Upload to send them again.', {files: plural(cancelled, 'file')});
       el('notice').hidden = false;
     }
     this.update();
@@ -875,6 +893,7 @@
     refusedMessage: REFUSED_MESSAGE,
     isTaken: isTaken,
     formatBytes: formatBytes,
+    styleButton: styleButton,
     open: function (options) {
       instance = instance || new UploadDialog();
       instance.open(options);
