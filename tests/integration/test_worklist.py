@@ -196,13 +196,13 @@ def test_re_verification_when_the_embedded_registry_answers_again(tmp_path):
                                    isolation_level=None)
         registry.execute("BEGIN EXCLUSIVE")  # every read of the plugin now fails: "database is locked"
         try:
-            # Each lookup waits for SQLite's busy timeout (5 s): few instances.
-            known = make_series(tmp_path, 2, PatientID="CT1-0042", IssuerOfPatientID="SCANNER-CT1",
+            # Each lookup waits for the registry's SQLite busy timeout (30 s): one instance per study.
+            known = make_series(tmp_path, 1, PatientID="CT1-0042", IssuerOfPatientID="SCANNER-CT1",
                                 PatientName="HONG^GD")
             unknown = make_series(tmp_path, 1, PatientID="NOBODY-1", PatientName="Nobody^Known")
             send(orthanc, known + unknown, calling_aet="CT1")
             assert {item["patient"]["patient_id"]: item["actions"] for item in worklist(orthanc)} == {
-                "CT1-0042": {"unverified": 2}, "NOBODY-1": {"unverified": 1}}
+                "CT1-0042": {"unverified": 1}, "NOBODY-1": {"unverified": 1}}
         finally:
             registry.execute("ROLLBACK")
             registry.close()
@@ -221,7 +221,7 @@ def test_re_verification_when_the_embedded_registry_answers_again(tmp_path):
                 assert (audit.ReasonForTheAttributeModification, audit.ModifyingSystem) == (
                     "COERCE", "NeuroNova ingest")
         latest = latest_by_instance(orthanc, known_uid)
-        assert len(latest) == 2 and {(e["action"], e["path"]) for e in latest.values()} == {("coerced", "reverify")}
+        assert len(latest) == 1 and {(e["action"], e["path"]) for e in latest.values()} == {("coerced", "reverify")}
         assert len(orthanc.get("/studies").json()) == 2
     finally:
         orthanc.stop()
