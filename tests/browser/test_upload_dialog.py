@@ -2,12 +2,10 @@
 
 import re
 
-import pytest
 import requests
 from playwright.sync_api import expect
 
-from support.dicom_files import make_series, make_zip, parse, read_bytes
-from support.servers import OrthancServer
+from support.dicom_files import make_zip, parse, read_bytes
 
 REFUSED = "Please select a DICOM file (.dcm or .dicom)"
 NO_PATIENT = "No patient selected (use existing metadata)"
@@ -298,37 +296,3 @@ def test_with_orthanc_authentication(orthanc_with_login, browsing, files):
     expect(patients).to_have_count(2)
     expect(patients.filter(has_text="Hong^Gildong")).to_have_count(1)
 
-
-@pytest.fixture
-def one_slot(tmp_path):
-    """An Orthanc whose plugin runs one request at a time: the dialog's three parallel uploads meet 503."""
-    server = OrthancServer(str(tmp_path / "one-slot"), {"HttpThreadsCount": 6,
-                                                          "NeuroNova": {"Requests": {"Concurrent": 1}}}).start()
-    yield server
-    server.stop()
-
-
-def test_a_busy_server_is_waited_for_and_every_file_stored(one_slot, browsing, tmp_path):
-    folder = tmp_path / "series"
-    folder.mkdir()
-    paths = make_series(folder, 9, PatientID="LOCAL-9")  # three at a time against one slot
-    busy = []
-    session = browsing(one_slot)
-    page = session.page
-    page.on("response", lambda response: busy.append(response.url)
-            if response.status == 503 and "/neuronova/upload" in response.url else None)
-    page.goto("/app/explorer.html")
-    open_dialog(page)
-    page.set_input_files("#nn-upload-files", paths)
-    choose_patient(page, "Hong", HONG)
-    session.throttle_uploads(64 * 1024)  # slow enough that the uploads overlap
-    page.click("#nn-upload-start")
-    expect(page.locator("#nn-upload-file-list .nn-file-status", has_text="Server busy")).not_to_have_count(0,
-                                                                                                        timeout=60000)
-    session.throttle_uploads(None)
-    success = page.locator("#nn-upload-success")
-    expect(success).to_be_visible(timeout=120000)
-    expect(success).to_contain_text("9 files, 9 instances stored for patient P-2024-001234")
-    expect(page.locator("#nn-upload-errors")).to_be_hidden()
-    assert busy, "no upload met the busy server: the test did not test the retry"
-    assert len(one_slot.instances()) == 9

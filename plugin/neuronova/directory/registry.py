@@ -48,7 +48,7 @@ class EmbeddedRegistry:
     def __init__(self, database_path: str, seed_path: str | None = None):
         os.makedirs(os.path.dirname(os.path.abspath(database_path)), exist_ok=True)
         # One connection shared by Orthanc's threads; the lock serializes its use.
-        self._db = sqlite3.connect(database_path, check_same_thread=False, timeout=30)
+        self._db = sqlite3.connect(database_path, check_same_thread=False, timeout=5)  # a lookup runs in the serialized received-instance callback: never wait long
         self._lock = threading.Lock()
         # SQLite's LIKE folds ASCII case only; Python's casefold also covers accents, Hangul and the rest.
         self._db.create_function("casefold", 1, lambda value: value.casefold() if value else "", deterministic=True)
