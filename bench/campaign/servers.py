@@ -6,12 +6,11 @@ import os
 import re
 import signal
 import tempfile
-import time
 
 import requests
 
 from ingest_bench import describe_exit, proc_status_kib
-from support.servers import OrthancServer
+from support.servers import OrthancServer, wait_until
 
 LOG_PROBLEM = re.compile(r"^E\d{4} |Traceback|Error|Segmentation fault|Aborted|terminate called|core dumped")
 
@@ -138,10 +137,8 @@ class Managed:
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
+    """support.servers.wait_until, answering None instead of raising when the time is up."""
+    try:
+        return wait_until(predicate, timeout, "a campaign condition", interval)
+    except TimeoutError:
+        return None
