@@ -3,8 +3,10 @@
 set -eu
 # chromium: the headless browser of the UI tests (tests/browser), driven by pip playwright;
 # fonts-nanum: Hangul glyphs for the Korean UI in its screenshots (without it Chromium draws boxes).
-# dcm2niix and dicom3tools (dciodvfy): a reader and the validator of what the NIfTI import stores (tests).
-PACKAGES="orthanc orthanc-python orthanc-gdcm orthanc-dicomweb dcmtk python3-venv chromium fonts-nanum dcm2niix dicom3tools ${EXTRA_PACKAGES:-}"
+# dcm2niix and dicom3tools (dciodvfy): a reader and the validator of what the NIfTI import stores (tests);
+# postgresql and orthanc-postgresql: the scale-out tests' real PostgreSQL server and Orthanc's index in it.
+PACKAGES="orthanc orthanc-python orthanc-gdcm orthanc-dicomweb dcmtk python3-venv chromium fonts-nanum dcm2niix \
+dicom3tools postgresql orthanc-postgresql ${EXTRA_PACKAGES:-}"
 missing=""
 for package in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing="$missing $package"
