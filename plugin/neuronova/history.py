@@ -13,7 +13,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from .sqlite_writer import ROUND_SECONDS, SqliteWriter
+from .batch_writer import ROUND_SECONDS
+from .sqlite_writer import SqliteWriter
 
 _COLUMNS = ("time", "path", "remote", "sop_instance_uid", "study_instance_uid", "patient_before", "patient_after",
             "action", "syntax_before", "syntax_after", "bytes_before", "bytes_after", "duration_ms", "error",

@@ -6,21 +6,18 @@ SQL is written with SQLite's "?" marks where it is shared with the SQLite backen
 
 from __future__ import annotations
 
-import collections
 import logging
-import threading
 import time
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ..sqlite_writer import ROUND_SECONDS, statement_runs
+from ..batch_writer import BatchWriter, statement_runs
 
 log = logging.getLogger("neuronova.shared")
 
 SCHEMA_LOCK = 0x4E4E5347  # "NNSG": pg_advisory_xact_lock key of the plugin's schema and seeding
 DATABASE_ERRORS = (psycopg.Error, PoolTimeout)
-RETRY_SECONDS = (0.1, 0.2, 0.5, 1.0)
 
 
 def pg(sql: str) -> str:
@@ -74,7 +71,7 @@ class SharedDatabase:
         self.pool.close(timeout=5.0)
 
 
-class PostgresWriter:
+class PostgresWriter(BatchWriter):
     """SqliteWriter's contract on PostgreSQL: submit() never waits, a thread writes batches every
     50 ms. A batch PostgreSQL refused for being unreachable is kept and written again once it
     answers (the rows of instances Orthanc acknowledged are never dropped); statements must
@@ -82,65 +79,31 @@ class PostgresWriter:
 
     def __init__(self, database: SharedDatabase, name: str):
         self.database = database
-        self._pending: collections.deque[tuple] = collections.deque()
-        self._closing = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._write_forever, name=name, daemon=True)
-        self._thread.start()
+        self._failing = False
+        super().__init__(name, flush_timeout=10.0)
 
     def submit(self, sql: str, params: tuple) -> None:
-        self._pending.append((pg(sql), params))
+        super().submit(pg(sql), params)
 
     def fetch(self, sql: str, params: tuple = ()) -> list[tuple]:
         self.flush()
         return self.database.fetch(sql, params)
 
-    def _write_forever(self) -> None:
-        failures = 0
-        batch: list[tuple] = []
-        while True:
-            flushes = []
-            while self._pending and len(batch) < 2000:
-                sql, params = self._pending.popleft()
-                if sql is None:
-                    flushes.append(params)
-                    break
-                batch.append((sql, params))
-            if batch:
-                try:
-                    self.database.run(lambda connection: [connection.cursor().executemany(sql, rows)
-                                                          for sql, rows in statement_runs(batch)], timeout=2.0)
-                    if failures:
-                        log.warning("PostgreSQL answers again: %d pending rows written", len(batch))
-                    batch, failures = [], 0
-                except DATABASE_ERRORS as error:
-                    if not failures:
-                        log.warning("PostgreSQL cannot be written (%s): %d rows kept, writing again until it "
-                                    "answers", type(error).__name__, len(batch))
-                    failures += 1
-                    for done in flushes:  # the reader gets an error of its own from PostgreSQL
-                        done.set()
-                    if self._closing.is_set() and failures > 3:
-                        log.error("%d rows could not be written to PostgreSQL before Orthanc stopped", len(batch))
-                        return
-                    time.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1])
-                    continue
-            for done in flushes:
-                done.set()
-            if self._closing.is_set() and not self._pending:
-                return
-            if not flushes and len(batch) < 2000:
-                self._wake.wait(ROUND_SECONDS)
-                self._wake.clear()
+    def _write(self, batch: list[tuple]) -> bool:
+        try:
+            self.database.run(lambda connection: [connection.cursor().executemany(sql, rows)
+                                                  for sql, rows in statement_runs(batch)], timeout=2.0)
+        except DATABASE_ERRORS as error:
+            if not self._failing:
+                log.warning("PostgreSQL cannot be written (%s): %d rows kept, writing again until it "
+                            "answers", type(error).__name__, len(batch))
+            self._failing = True
+            return False
+        if self._failing:
+            log.warning("PostgreSQL answers again: %d pending rows written", len(batch))
+        self._failing = False
+        return True
 
-    def flush(self, timeout: float = 10.0) -> None:
-        done = threading.Event()
-        self._pending.append((None, done))
-        self._wake.set()
-        done.wait(timeout if self._thread.is_alive() else 0)
-
-    def close(self) -> None:
-        self._closing.set()
-        self._wake.set()
-        self._thread.join(timeout=10)
+    def _abandon(self, batch: list[tuple]) -> None:
+        log.error("%d rows could not be written to PostgreSQL before Orthanc stopped", len(batch))
 
