@@ -5,6 +5,7 @@ database) and one storage folder: what one server knows, the other uses; no stud
 import json
 import threading
 import time
+from functools import partial
 
 import pytest
 from pydicom import dcmread
@@ -13,6 +14,7 @@ from pynetdicom import AE
 
 from neuronova.config import BUNDLED_SEED
 from support.cluster import SERVER_NAMES, cluster_servers, start_together
+from support.concurrency import at_once
 from support.dicom_files import make_series, parse
 from support.postgres import PostgresServer
 
@@ -59,25 +61,6 @@ def _halves(folder, study: str, count: int = HALF) -> tuple[list[str], list[str]
             make_series(folder / "b", count, study_uid=study, **PATIENT_TAGS[KIM]))
 
 
-def _at_once(work, *arguments_per_thread) -> None:
-    start = threading.Barrier(len(arguments_per_thread))
-    errors = []
-
-    def run(arguments):
-        start.wait()
-        try:
-            work(*arguments)
-        except Exception as error:  # noqa: BLE001 - raised below in the test's thread
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(arguments,)) for arguments in arguments_per_thread]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
-
-
 def _find(server, level: str, study: str) -> list[str]:
     return server.post("/tools/find", json={"Level": level, "Query": {"StudyInstanceUID": study}}).json()
 
@@ -105,7 +88,7 @@ def test_rest_halves_of_one_new_study_on_two_servers_end_under_one_patient(pair,
             answers.append(server.post("/instances", data=open(path, "rb").read(),
                                        headers={"Content-Type": "application/dicom"}).status_code)
 
-    _at_once(send, *zip(pair, _halves(tmp_path, study)))
+    at_once(*[partial(send, *arguments) for arguments in zip(pair, _halves(tmp_path, study))])
     assert answers == [200] * 2 * HALF
     _assert_one_patient(pair, study, 2 * HALF)
 
@@ -121,7 +104,7 @@ def test_upload_route_halves_assigned_to_two_patients_on_two_servers_never_split
             answers.append(server.post(f"/neuronova/upload/{patient}", data=open(path, "rb").read(),
                                        headers={"Content-Type": "application/dicom"}).status_code)
 
-    _at_once(send, *zip(pair, (HONG, KIM), _halves(tmp_path, study)))
+    at_once(*[partial(send, *arguments) for arguments in zip(pair, (HONG, KIM), _halves(tmp_path, study))])
     assert set(answers) <= {200, 409} and 200 in answers
     _assert_one_patient(pair, study, answers.count(200))
 
@@ -147,7 +130,8 @@ def _cstore(server, files: list[str], calling_aet: str = "CLUSTERSCU") -> list[i
 def test_cstore_halves_of_one_new_study_on_two_servers_end_under_one_patient(pair, tmp_path, trial):
     study = generate_uid()
     statuses = []
-    _at_once(lambda server, files: statuses.extend(_cstore(server, files)), *zip(pair, _halves(tmp_path, study)))
+    at_once(*[partial(lambda server, files: statuses.extend(_cstore(server, files)), server, files)
+              for server, files in zip(pair, _halves(tmp_path, study))])
     assert statuses == [0] * 2 * HALF
     _assert_one_patient(pair, study, 2 * HALF)
 

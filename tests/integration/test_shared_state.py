@@ -1,7 +1,6 @@
 """The plugin's shared state (shared_state/) against a real PostgreSQL server, without Orthanc: what
 several servers see of one database (claims, registry, history writer), and PostgreSQL restarting."""
 
-import threading
 import time
 
 import pytest
@@ -13,6 +12,7 @@ from neuronova.shared_state.claims import ClaimsUnavailable, SharedStudyOwners
 from neuronova.shared_state.cluster import open_state
 from neuronova.config import load_settings
 from neuronova.reconcile import orthanc_study_id
+from support.concurrency import at_once
 from support.postgres import PostgresServer
 from support.servers import wait_until
 
@@ -45,26 +45,6 @@ def two_states(postgres, tmp_path, request):
         state.close()
 
 
-def _at_once(*works):
-    start, results = threading.Barrier(len(works)), [None] * len(works)
-
-    def run(index, work):
-        start.wait()
-        try:
-            results[index] = work()
-        except Exception as error:  # noqa: BLE001 - raised below in the test's thread
-            results[index] = error
-
-    threads = [threading.Thread(target=run, args=(index, work)) for index, work in enumerate(works)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    errors = [result for result in results if isinstance(result, Exception)]
-    assert not errors, errors
-    return results
-
-
 def test_the_shared_registry_searches_and_resolves_as_the_sqlite_one(two_states, tmp_path):
     shared = two_states[0].registry
     embedded = EmbeddedRegistry(str(tmp_path / "registry.sqlite"), BUNDLED_SEED)
@@ -79,7 +59,7 @@ def test_two_servers_claiming_one_new_study_at_once_agree(two_states):
     alpha, beta = (state.owners for state in two_states)
     for trial in range(50):
         study = f"1.2.3.{trial}"
-        first, second = _at_once(lambda: alpha.settle(study, TAGS["P-A"]), lambda: beta.settle(study, TAGS["P-B"]))
+        first, second = at_once(lambda: alpha.settle(study, TAGS["P-A"]), lambda: beta.settle(study, TAGS["P-B"]))
         assert first == second and first["PatientID"] in ("P-A", "P-B")
         assert beta.settle(study, TAGS["P-B"]) == alpha.settle(study, TAGS["P-A"]) == first
 
@@ -156,7 +136,7 @@ def _rows(history):
 def test_servers_opening_an_empty_database_together_create_and_seed_it_once(postgres, tmp_path):
     for trial in range(10):
         database = postgres.create_database(f"together{trial}")
-        states = _at_once(*[lambda name=name: open_state(_settings(postgres, database, tmp_path, name))
+        states = at_once(*[lambda name=name: open_state(_settings(postgres, database, tmp_path, name))
                             for name in ("alpha", "beta", "gamma")])
         try:
             assert all(state.shared for state in states)
@@ -171,7 +151,7 @@ def test_sqlite_registries_opening_one_new_file_together_seed_it_once(tmp_path):
     """Two servers on one shared folder (the issue measured an IntegrityError in 1 of 10 starts)."""
     for trial in range(10):
         path = str(tmp_path / f"registry{trial}.sqlite")
-        registries = _at_once(*[lambda: EmbeddedRegistry(path, BUNDLED_SEED)] * 3)
+        registries = at_once(*[lambda: EmbeddedRegistry(path, BUNDLED_SEED)] * 3)
         assert {registry.search("", 500)[1] for registry in registries} == {registries[0].search("", 500)[1]}
 
 

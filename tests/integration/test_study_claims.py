@@ -1,11 +1,12 @@
 """A study lives under one patient, under any race: the plugin claims a study's patient itself,
 atomically, when it decides the first instance, and keeps the claim across restarts."""
 
-import threading
+from functools import partial
 
 import pytest
 from pydicom.uid import generate_uid
 
+from support.concurrency import at_once
 from support.dicom_files import make_series, parse
 from support.servers import OrthancServer
 
@@ -26,18 +27,13 @@ def _halves(tmp_path, study: str) -> tuple[list[bytes], list[bytes]]:
 
 
 def _send_at_once(pacs, halves, uri_of, headers=None) -> list:
-    answers, start = [], threading.Barrier(len(halves))
+    answers = []
 
     def send(files, uri):
-        start.wait()
         for data in files:
             answers.append(pacs.post(uri, data=data, headers=headers or {}))
 
-    threads = [threading.Thread(target=send, args=(files, uri_of(index))) for index, files in enumerate(halves)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    at_once(*[partial(send, files, uri_of(index)) for index, files in enumerate(halves)])
     return answers
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import threading
+from functools import partial
 
+from support.concurrency import at_once
 from support.postgres import POSTGRESQL_INDEX_PLUGIN, PostgresServer
 from support.servers import REPO_ROOT, OrthancServer
 
@@ -31,18 +32,12 @@ def cluster_servers(postgres: PostgresServer, folder: str, database: str | None 
 def start_together(servers: list[OrthancServer]) -> list[Exception]:
     """Start every server at the same moment; the errors of those that did not start."""
     errors: list[Exception] = []
-    start = threading.Barrier(len(servers))
 
-    def run(server):
-        start.wait()
+    def start(server):
         try:
             server.start()
         except Exception as error:  # noqa: BLE001 - reported by the caller
             errors.append(error)
 
-    threads = [threading.Thread(target=run, args=(server,)) for server in servers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    at_once(*[partial(start, server) for server in servers])
     return errors
