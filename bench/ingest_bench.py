@@ -106,7 +106,7 @@ class Config:
     background: bool = False     # compression after the ingest: wait for the backlog to drain
 
 
-def plugin_config(target: str, when: str, threads: int = 1) -> dict:
+def plugin_config(target: str, when: str, threads: int = 2) -> dict:
     transcoding = {"Target": target, "When": when}
     if when == "background":
         transcoding["Background"] = {"Threads": threads}
@@ -1603,8 +1603,8 @@ def main() -> int:
                         help="measure each cell this many times (fresh Orthanc each) and keep the best (default 1)")
     parser.add_argument("--attempts", type=int, default=3,
                         help="tries per measurement when Orthanc crashes under the load (default 3)")
-    parser.add_argument("--background-threads", type=int, default=1,
-                        help="NeuroNova.Transcoding.Background.Threads of the background configuration (default 1)")
+    parser.add_argument("--background-threads", type=int, default=2,
+                        help="NeuroNova.Transcoding.Background.Threads of the background configuration (default 2, the plugin's)")
     parser.add_argument("--drain-timeout", type=float, default=600,
                         help="seconds to wait for the background backlog to drain (default 600)")
     parser.add_argument("--poll-interval", type=float, default=0.05,

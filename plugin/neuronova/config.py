@@ -283,7 +283,7 @@ def load_settings(orthanc_config: dict) -> Settings:
                            "must be 'ingest' or 'background'")
     background = transcoding.section("Background")
     background_settings = BackgroundSettings(
-        threads=background.get("Threads", int, 1, _positive, "must be positive"),
+        threads=background.get("Threads", int, 2, _positive, "must be positive"),
         max_per_second=float(background.get("MaxFilesPerSecond", int, 0, lambda v: v >= 0, "must be 0 or more")),
     )
     background.done()

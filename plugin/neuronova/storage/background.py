@@ -31,7 +31,7 @@ _INGEST_QUIET_SECONDS = 0.3  # how long after the last stored file the backgroun
 
 @dataclass(frozen=True)
 class BackgroundSettings:
-    threads: int = 1
+    threads: int = 2  # they wait while files are being stored: both cores of a small server once it is idle
     max_per_second: float = 0.0  # 0: as fast as the workers go
     nice: int = 10  # how much lower than Orthanc's threads the workers are scheduled
 
