@@ -79,12 +79,14 @@ class StudyOwners:
     call holds the GIL that a storage-area removal under Orthanc's index lock waits for. Loaded from
     Orthanc's stored studies once Orthanc answers (load), claimed by each decision at once (the
     first claim of a study wins, under the reconciler's lock), released when Orthanc deletes the
-    study (its change callback calls release). Until loaded, asking waits (LOAD_WAIT_SECONDS at most:
-    the loader reads in-process, not through the HTTP server), then raises OwnersNotLoaded: the
-    instance is refused with a status its sender retries, never stored blind. One server's: several
-    servers on one PostgreSQL share theirs (shared_state.claims.SharedStudyOwners)."""
+    study (its change callback calls release). Until loaded, asking waits (LOAD_WAIT_SECONDS at most),
+    then raises OwnersNotLoaded: the instance is refused with a status its sender retries, never stored
+    blind. The wait is short: the loader cannot finish while a received-instance callback waits for it
+    (an instance POSTed in the first moment after start waited the whole 30 s it was, then was refused:
+    measured). One server's: several servers on one PostgreSQL share theirs
+    (shared_state.claims.SharedStudyOwners)."""
 
-    LOAD_WAIT_SECONDS = 30.0
+    LOAD_WAIT_SECONDS = 2.0
 
     def __init__(self, studies: dict[str, dict[str, str]] | None = None):
         self._owners: dict[str, dict[str, str]] = {}
