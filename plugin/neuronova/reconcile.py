@@ -68,6 +68,9 @@ def orthanc_study_id(patient_id: str, study_uid: str) -> str:
     return "-".join(digest[start:start + 8] for start in range(0, 40, 8))
 
 
+OWNERS_LOAD_WAIT_SECONDS = 2.0  # short: the loader cannot finish while a received-instance callback waits for it
+
+
 class OwnersNotLoaded(Exception):
     """Orthanc's stored studies are not read yet (the first moments after start): no decision."""
 
@@ -86,7 +89,7 @@ class StudyOwners:
     measured). One server's: several servers on one PostgreSQL share theirs
     (shared_state.claims.SharedStudyOwners)."""
 
-    LOAD_WAIT_SECONDS = 2.0
+    LOAD_WAIT_SECONDS = OWNERS_LOAD_WAIT_SECONDS
 
     def __init__(self, studies: dict[str, dict[str, str]] | None = None):
         self._owners: dict[str, dict[str, str]] = {}

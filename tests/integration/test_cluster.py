@@ -129,9 +129,9 @@ def _cstore(server, files: list[str], calling_aet: str = "CLUSTERSCU") -> list[i
 @pytest.mark.parametrize("trial", range(TRIALS))
 def test_cstore_halves_of_one_new_study_on_two_servers_end_under_one_patient(pair, tmp_path, trial):
     study = generate_uid()
-    statuses = []
-    at_once(*[partial(lambda server, files: statuses.extend(_cstore(server, files)), server, files)
-              for server, files in zip(pair, _halves(tmp_path, study))])
+    statuses = [status for per_server in at_once(*[partial(_cstore, server, files)
+                                                   for server, files in zip(pair, _halves(tmp_path, study))])
+                for status in per_server]
     assert statuses == [0] * 2 * HALF
     _assert_one_patient(pair, study, 2 * HALF)
 

@@ -28,7 +28,7 @@ from typing import Callable
 import psycopg
 
 from ..errors import NotAvailable
-from ..reconcile import OwnersNotLoaded, orthanc_study_id
+from ..reconcile import OWNERS_LOAD_WAIT_SECONDS, OwnersNotLoaded, orthanc_study_id
 from .database import DATABASE_ERRORS, SharedDatabase
 
 log = logging.getLogger("neuronova.shared")
@@ -57,7 +57,7 @@ class SharedStudyOwners:
 
     RECHECK_SECONDS = 5.0
     CLAIM_TIMEOUT_SECONDS = 2.0  # the received-instance callback waits at most this for a connection
-    LOAD_WAIT_SECONDS = 30.0
+    LOAD_WAIT_SECONDS = OWNERS_LOAD_WAIT_SECONDS  # its loader, too, waits for Orthanc to answer
     MAX_CACHED = 20000
 
     def __init__(self, database: SharedDatabase, server: str, clock: Callable[[], float] = time.monotonic):
