@@ -7,13 +7,13 @@ import datetime
 from .config import Settings
 from .directory import PatientDirectory, patient_from_json
 from .directory.model import validate_patient_id
-from .errors import BadRequest, MethodNotAllowed, NotFound, UnsupportedMediaType
+from .errors import BadRequest, MethodNotAllowed, NotFound, NotReady, UnsupportedMediaType
 from .history import IngestHistory
 from .http import (Handler, Request, Response, allow, authenticated_user, content_type, json_body, json_response,
                    query_limit, require_content_type)
 from .ingest import Ingest
 from .pacs import Pacs
-from .reconcile import ACTIONS
+from .reconcile import ACTIONS, StudyOwners
 from .ui import routes as ui
 from .upload import UploadService
 from .dicomweb.frames import WadoFrameRoutes
@@ -63,6 +63,7 @@ class Api:
             ("/neuronova/upload/(.+)", self.upload),
             ("/neuronova/history", self.query_history),
             *WorklistRoutes(self.worklist, self.mover, self.reverifier, self.settings.authentication).routes(),
+            ("/neuronova/ready", readiness(self.ingest.reconciler.study_owners)),
             ("/neuronova/storage", self.storage),
             ("/neuronova/storage/compress", self.compress_existing),
             *self.viewer.routes(),  # /neuronova/viewer/: OHIF
@@ -138,6 +139,17 @@ class Api:
             return json_response(202 if started else 200, {"success": True, "started": started,
                                                            "job": self.background.job.to_json()})
         return json_response(200, {"success": True, "job": self.background.job.to_json()})
+
+
+def readiness(owners: StudyOwners) -> Handler:
+    """200 once instances are decided (a load balancer's or a script's readiness check), 503 before."""
+    def ready(request: Request) -> Response:
+        allow(request, "GET")
+        if not owners.loaded:
+            raise NotReady("NeuroNova is starting: the patients of the stored studies are being read; an "
+                           "instance sent now is refused with a status its sender retries")
+        return json_response(200, {"success": True, "ready": True})
+    return ready
 
 
 def _iso_time(request: Request, key: str) -> str:

@@ -58,6 +58,7 @@ class NotReady(NeuroNovaError):
 
     http_status = 503
     dimse_status = 0xA700
+    retry_after = 1
 
 
 class Forbidden(NeuroNovaError):

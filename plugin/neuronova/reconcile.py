@@ -110,6 +110,11 @@ class StudyOwners:
             self._early.clear()
             self._loaded.set()
 
+    @property
+    def loaded(self) -> bool:
+        """Have the stored studies' patients been read (until then instances are refused)?"""
+        return self._loaded.is_set()
+
     def settle(self, study_uid: str, tags: dict[str, str]) -> dict[str, str]:
         """The study's patient once this claim is made: these tags if the study had none, else the
         first claim's. One step, so that two deciders of one new study agree."""

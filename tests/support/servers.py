@@ -39,9 +39,12 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
 class OrthancServer:
     """One Orthanc process started from the project's orthanc.json plus per-test overrides."""
 
+    AUTH: tuple[str, str] | None = None
+
     def __init__(self, data_dir: str, overrides: dict | None = None, plugin: bool = True, aet: str = "NEURONOVA",
                  extra_pythonpath: tuple[str, ...] = (), verbose: bool = True):
         self.data_dir = data_dir
+        self.plugin = plugin
         self.verbose = verbose  # False: no --verbose (per-instance log lines would skew a benchmark)
         self.extra_pythonpath = extra_pythonpath
         self.http_port, self.dicom_port = free_port(), free_port()
@@ -89,16 +92,24 @@ class OrthancServer:
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         try:
             wait_until(self._answers, timeout, f"Orthanc on port {self.http_port}")
+            if self.plugin:  # the plugin decides instances once it has read the stored studies' patients
+                wait_until(self._ready, timeout, f"the plugin's readiness on port {self.http_port}")
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"Orthanc did not start; log tail:\n{self.log_tail()}") from None
         return self
 
     def _answers(self) -> bool:
+        return self._answers_ok("/system")
+
+    def _ready(self) -> bool:
+        return self._answers_ok("/neuronova/ready")
+
+    def _answers_ok(self, path: str) -> bool:
         if self.process.poll() is not None:
             raise RuntimeError(f"Orthanc exited with {self.process.returncode}; log tail:\n{self.log_tail()}")
         try:
-            return requests.get(self.url + "/system", timeout=1).ok
+            return requests.get(self.url + path, auth=self.AUTH, timeout=1).ok
         except requests.RequestException:
             return False
 
@@ -160,18 +171,11 @@ class OrthancWithLogin(OrthancServer):
     """Orthanc requiring HTTP Basic authentication, as a hospital would run it."""
 
     USER = ("radiographer", "secret")
+    AUTH = USER
 
     def __init__(self, data_dir: str, overrides: dict | None = None):
         super().__init__(data_dir, {"AuthenticationEnabled": True, "RegisteredUsers": dict([self.USER]),
                                     **(overrides or {})})
-
-    def _answers(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"Orthanc exited with {self.process.returncode}; log tail:\n{self.log_tail()}")
-        try:
-            return requests.get(self.url + "/system", auth=self.USER, timeout=1).ok
-        except requests.RequestException:
-            return False
 
     def get(self, path: str, **kwargs) -> requests.Response:
         return requests.get(self.url + path, timeout=60, auth=self.USER, **kwargs)

@@ -97,6 +97,10 @@ class SharedStudyOwners:
                 time.sleep(1.0)
         self._loaded.set()
 
+    @property
+    def loaded(self) -> bool:
+        return self._loaded.is_set()
+
     def _row(self, study_uid: str, tags: dict[str, str]) -> tuple:
         values = [tags.get(key, "") or "" for key in _TAGS]
         return (study_uid, orthanc_study_id(values[0], study_uid), *values, self._server)
