@@ -60,3 +60,8 @@ ENV PYTHON_PLUGIN_ENABLED=true \
     GDCM_PLUGIN_ENABLED=false
 
 EXPOSE 8042 4242
+
+# Healthy once the plugin decides instances (GET /neuronova/ready): Orthanc's /system answers a moment
+# earlier, while the stored studies' patients are still being read and instances are refused.
+COPY docker/healthcheck.py /opt/neuronova/healthcheck.py
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 CMD ["python3", "/opt/neuronova/healthcheck.py"]

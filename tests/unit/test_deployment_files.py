@@ -592,3 +592,18 @@ def test_scale_out_balancer_is_sticky_and_reaches_both_orthancs(scale_out):
     assert "X-Forwarded-Host $http_host" in text, "the plugin's Origin check compares with the forwarded host"
     dicom = [port.split(":")[0] for name in ORTHANCS for port in scale_out["services"][name]["ports"]]
     assert len(set(dicom)) == len(ORTHANCS), "each Orthanc publishes its own DICOM port"
+
+
+def test_the_health_check_asks_the_plugin_with_the_image_credentials(copies, instructions, docker_config):
+    checks = [arguments for word, arguments in instructions if word == "HEALTHCHECK"]
+    assert len(checks) == 1, "the Dockerfile needs one HEALTHCHECK"
+    command = json.loads(checks[0].split(" CMD ", 1)[1])
+    assert command[0] == "python3" and len(command) == 2
+    assert any(dest == command[1] and normalized(source) == "docker/healthcheck.py"
+               for flags, sources, dest in copies for source in sources), "the HEALTHCHECK runs the copied script"
+    script = (REPO / "docker" / "healthcheck.py").read_text(encoding="utf-8")
+    # the same variables and defaults as the user the image's configuration registers
+    assert docker_config["RegisteredUsers"] == {"${ORTHANC_USER:-admin}": "${ORTHANC_PASSWORD:-change-me}"}
+    assert 'os.environ.get("ORTHANC_USER", "admin")' in script
+    assert 'os.environ.get("ORTHANC_PASSWORD", "change-me")' in script
+    assert f"127.0.0.1:{docker_config['HttpPort']}/neuronova/ready" in script
