@@ -51,10 +51,9 @@ class Api:
         ingest.reconciler.on_directory_state = self.reverifier.directory_state
 
     def routes(self) -> list[tuple[str, Handler]]:
-        """(Orthanc URI regex, handler) pairs for the adapter to register."""
+        """(Orthanc URI regex, handler) pairs for the adapter to register, each behind the request gate:
+        they may call Orthanc's REST API on loopback."""
         return [
-            ("/neuronova/app", ui.app_redirect),
-            ("/neuronova/app/(.*)", ui.StaticFiles()),
             ("/neuronova/studies", ui.StudyList(self.pacs, self.history, viewer=self.viewer.status)),
             ("/neuronova/studies/([^/]+)/nifti", self.upload_nifti_to_study),
             ("/neuronova/patients", self.search_patients),
@@ -63,12 +62,20 @@ class Api:
             ("/neuronova/upload/(.+)", self.upload),
             ("/neuronova/history", self.query_history),
             *WorklistRoutes(self.worklist, self.mover, self.reverifier, self.settings.authentication).routes(),
-            ("/neuronova/ready", readiness(self.ingest.reconciler.study_owners)),
             ("/neuronova/storage", self.storage),
             ("/neuronova/storage/compress", self.compress_existing),
-            *self.viewer.routes(),  # /neuronova/viewer/: OHIF
             # A DICOMweb URI, for every instance: WADO-RS frames (the DICOMweb plugin keeps the rest).
             *WadoFrameRoutes(self.pacs, self.settings.dicomweb).routes(),
+        ]
+
+    def routes_without_orthanc(self) -> list[tuple[str, Handler]]:
+        """Routes that never call Orthanc: no gate, so that a busy server still loads the dashboard, the
+        upload dialog and the viewer (with one slot, the dialog's scripts were refused: measured)."""
+        return [
+            ("/neuronova/app", ui.app_redirect),
+            ("/neuronova/app/(.*)", ui.StaticFiles()),
+            *self.viewer.routes(),  # /neuronova/viewer/: OHIF
+            ("/neuronova/ready", readiness(self.ingest.reconciler.study_owners)),
         ]
 
     def search_patients(self, request: Request) -> Response:

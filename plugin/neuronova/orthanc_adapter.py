@@ -84,6 +84,8 @@ def start(sdk) -> None:
     gate = RequestGate(settings.requests.concurrent, settings.requests.retry_after)
     for uri, route in api.routes():
         sdk.RegisterRestCallback(uri, _rest_callback(sdk, gate(route)))
+    for uri, route in api.routes_without_orthanc():
+        sdk.RegisterRestCallback(uri, _rest_callback(sdk, route))
     sdk.RegisterRestCallback("/tools/reset", _reset_callback(sdk, metrics, background, state, ledger))
     # One call (one script per plugin): the "Upload DICOM" button, then "Open in viewer" on studies and series
     sdk.ExtendOrthancExplorer(explorer_extension_js() + "\n" + viewer_explorer_js())

@@ -1,11 +1,16 @@
 """The upload dialog and the study list in a real browser (headless Debian Chromium) on a real Orthanc."""
 
+import io
 import re
+import threading
 
+import pytest
 import requests
 from playwright.sync_api import expect
+from pydicom.uid import generate_uid
 
 from support.dicom_files import make_zip, parse, read_bytes
+from support.servers import OrthancServer, wait_until
 
 REFUSED = "Please select a DICOM file (.dcm or .dicom)"
 NO_PATIENT = "No patient selected (use existing metadata)"
@@ -296,3 +301,60 @@ def test_with_orthanc_authentication(orthanc_with_login, browsing, files):
     expect(patients).to_have_count(2)
     expect(patients.filter(has_text="Hong^Gildong")).to_have_count(1)
 
+
+
+@pytest.fixture(scope="module")
+def one_slot(tmp_path_factory):
+    """An Orthanc whose plugin runs one request at a time: a second one is answered 503, Retry-After: 1."""
+    server = OrthancServer(str(tmp_path_factory.mktemp("one-slot")),
+                           {"NeuroNova": {"Requests": {"Concurrent": 1, "RetryAfterSeconds": 1}}}).start()
+    yield server
+    server.stop()
+
+
+def ct_copies(count: int) -> bytes:
+    """A ZIP of `count` distinct instances (CT_small with new SOP Instance UIDs)."""
+    members = {}
+    for index in range(count):
+        dataset = parse(read_bytes("CT_small.dcm"))
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        out = io.BytesIO()
+        dataset.save_as(out, enforce_file_format=True)
+        members[f"CT/{index}.dcm"] = out.getvalue()
+    return make_zip(members)
+
+
+def test_a_busy_server_is_waited_for_and_the_file_sent_again(one_slot, browsing, files):
+    session = browsing(one_slot)
+    page = session.page
+    page.goto("/app/explorer.html")
+    open_dialog(page)
+    page.set_input_files("#nn-upload-files", [files["MR_small.dcm"]])
+    answers = []
+    page.on("response", lambda response: answers.append((response.status, response.header_value("retry-after")))
+            if response.url.endswith("/neuronova/upload") else None)
+
+    # Another user's ZIP holds the only slot, again and again, until the dialog has been told to wait.
+    archive, release = ct_copies(200), threading.Event()
+
+    def other_user():
+        while not release.is_set():
+            requests.post(one_slot.url + "/neuronova/upload", data=archive,
+                          headers={"Content-Type": "application/zip"}, timeout=120)
+    holder = threading.Thread(target=other_user)
+    holder.start()
+    try:
+        wait_until(lambda: one_slot.get("/statistics").json()["CountInstances"] > 0, 60, "the ZIP being stored")
+        page.click("#nn-upload-start")
+        expect(file_row(page, "MR_small.dcm").locator(".nn-file-status")).to_have_text(
+            "Server busy: sending again in 1 s")
+    finally:
+        release.set()
+        holder.join(timeout=120)
+
+    expect(page.locator("#nn-upload-success")).to_contain_text("1 file, 1 instance stored", timeout=60000)
+    expect(file_row(page, "MR_small.dcm").locator(".nn-file-status")).to_have_text("Stored")
+    expect(page.locator("#nn-upload-errors")).to_be_hidden()
+    assert answers[0] == (503, "1") and answers[-1][0] == 200, answers
+    found = one_slot.post("/tools/lookup", data=str(parse(read_bytes("MR_small.dcm")).SOPInstanceUID)).json()
+    assert [item["Type"] for item in found] == ["Instance"]
