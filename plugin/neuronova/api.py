@@ -10,7 +10,7 @@ from .directory.model import validate_patient_id
 from .errors import BadRequest, MethodNotAllowed, NotFound, NotReady, UnsupportedMediaType
 from .history import IngestHistory
 from .http import (Handler, Request, Response, allow, authenticated_user, content_type, json_body, json_response,
-                   query_limit, require_content_type)
+                   query_limit, query_offset, require_content_type)
 from .ingest import Ingest
 from .pacs import Pacs
 from .reconcile import ACTIONS, StudyOwners
@@ -122,14 +122,12 @@ class Api:
         if action and action not in ACTIONS:
             raise BadRequest(f"action: must be one of {', '.join(ACTIONS)}, got {action!r}")
         since, until = (_iso_time(request, key) for key in ("since", "until"))
-        offset = request.query.get("offset", "0")
-        if not offset.isdigit():
-            raise BadRequest(f"offset: must be 0 or a positive integer, got {offset!r}")
+        offset = query_offset(request)
         entries = self.history.query(since=since, study=request.query.get("study", ""),
                                      patient=request.query.get("patient", ""), action=action,
                                      server=request.query.get("server", ""), limit=limit, until=until,
-                                     offset=int(offset))
-        return json_response(200, {"success": True, "count": len(entries), "offset": int(offset), "entries": entries})
+                                     offset=offset)
+        return json_response(200, {"success": True, "count": len(entries), "offset": offset, "entries": entries})
 
     def storage(self, request: Request) -> Response:
         """What is on disk: received and stored bytes (Orthanc's /statistics counts received sizes)."""

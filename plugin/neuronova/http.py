@@ -81,6 +81,13 @@ def query_limit(request: Request, default: int, maximum: int) -> int:
     return limit
 
 
+def query_offset(request: Request) -> int:
+    raw = request.query.get("offset", "0")
+    if not raw.isdigit():
+        raise BadRequest(f"offset: must be 0 or a positive integer, got {raw!r}")
+    return int(raw)
+
+
 def allow(request: Request, *methods: str) -> None:
     if request.method not in methods:
         raise MethodNotAllowed(f"method {request.method} not allowed here; use {' or '.join(methods)}", methods)

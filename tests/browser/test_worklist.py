@@ -149,6 +149,34 @@ def test_the_history_page_filters_and_pages(pacs, browsing, tmp_path):
     expect(rows).to_have_text(["No entry matches the filters."])
 
 
+def test_the_worklist_pages_fifty_studies_at_a_time(pacs, browsing, tmp_path):
+    files = [path for index in range(51)
+             for path in make_series(tmp_path, 1, **{**KIM_AT_THE_SCANNER, "PatientID": f"CT9-{index:04d}"})]
+    send(pacs, files)
+    session = browsing(pacs, locale="en-US", **login(pacs))
+    page = session.page
+    page.goto("/neuronova/app/index.html#worklist")
+    rows = page.locator("#nn-worklist-body tr")
+    expect(page.locator("#nn-worklist-status")).to_have_text("51 studies to settle.")
+    expect(rows).to_have_count(50)
+    expect(rows.first.locator(".nn-patient-id")).to_have_text("CT9-0050")  # newest first
+    expect(page.locator("#nn-worklist-page")).to_have_text("Page 1 of 2")
+    expect(page.locator("#nn-worklist-previous")).to_be_disabled()
+    page.click("#nn-worklist-next")
+    expect(rows).to_have_count(1)
+    expect(rows.locator(".nn-patient-id")).to_have_text("CT9-0000")
+    expect(page.locator("#nn-worklist-page")).to_have_text("Page 2 of 2")
+    expect(page.locator("#nn-worklist-next")).to_be_disabled()
+
+    # The last page's study is settled elsewhere: the worklist goes back to the page that still exists.
+    (study,) = [item["study"] for item in pacs.get("/neuronova/worklist", params={"offset": 50}).json()["studies"]]
+    assert pacs.post(f"/neuronova/studies/{study}/patient/P-2024-001235").status_code == 200
+    page.click("#nn-refresh")
+    expect(page.locator("#nn-worklist-status")).to_have_text("50 studies to settle.")
+    expect(rows).to_have_count(50)
+    expect(page.locator("#nn-worklist-pager")).to_be_hidden()
+
+
 def test_the_dashboard_the_dialog_and_the_worklist_in_korean(pacs, browsing, files, tmp_path):
     assert pacs.put("/neuronova/patients/P-KO-0001", json={
         "name": "홍^길동", "birth_date": "1990-03-07", "gender": "male"}).status_code in (200, 201)

@@ -184,6 +184,24 @@ def test_the_history_pages_and_filters_by_date_and_user(pacs, tmp_path):
     assert pacs.get("/neuronova/history", params={"until": "yesterday"}).status_code == 400
 
 
+def test_the_worklist_pages_newest_first(pacs, tmp_path):
+    studies = []
+    for index in range(3):  # three unmatched studies, one after the other
+        files = make_series(tmp_path, 1, **{**KIM_AT_THE_SCANNER, "PatientID": f"CT9-PAGE-{index}"})
+        send(pacs, files)
+        with open(files[0], "rb") as sent:
+            studies.append(str(parse(sent.read()).StudyInstanceUID))
+    first = pacs.get("/neuronova/worklist", params={"limit": 2}).json()
+    second = pacs.get("/neuronova/worklist", params={"limit": 2, "offset": 2}).json()
+    assert (first["total"], first["offset"], first["limit"], second["total"], second["offset"]) == (3, 0, 2, 3, 2)
+    assert [item["study_instance_uid"] for item in first["studies"] + second["studies"]] == studies[::-1]
+    assert all(item["candidates"] for item in first["studies"])  # Kim^Cheolsu, same name and birth date
+    assert pacs.get("/neuronova/worklist", params={"offset": 3}).json()["studies"] == []
+    for bad in ({"limit": 0}, {"limit": 501}, {"offset": "-1"}, {"limit": "ten"}):
+        answer = pacs.get("/neuronova/worklist", params=bad)
+        assert answer.status_code == 400 and answer.json()["success"] is False, (bad, answer.text)
+
+
 def test_re_verification_when_the_embedded_registry_answers_again(tmp_path):
     """The registry's database locked by another process (the EMR unreachable) during a series, then free."""
     orthanc = OrthancWithLogin(str(tmp_path / "orthanc"), {"NeuroNova": {"Worklist": {

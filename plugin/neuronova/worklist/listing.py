@@ -129,9 +129,12 @@ class Worklist:
                 studies.append((study, rows))
         return studies
 
-    def items(self) -> dict:
+    def items(self, limit: int, offset: int = 0) -> dict:
+        """A page of the unsettled studies, newest first; the EMR is asked for the page's candidates only."""
+        studies = self.unsettled_studies()
+        studies.reverse()  # newest first
         items, emr_available = [], True
-        for study, rows in self.unsettled_studies():
+        for study, rows in studies[offset:offset + limit]:
             item = _item(study, rows)
             if emr_available:
                 try:
@@ -143,8 +146,8 @@ class Worklist:
                     log.debug("EMR unavailable: %s", error)
                     emr_available = False
             items.append(item)
-        items.reverse()  # newest first
-        return {"success": True, "emr_available": emr_available, "total": len(items), "studies": items}
+        return {"success": True, "emr_available": emr_available, "total": len(studies), "offset": offset,
+                "limit": limit, "studies": items}
 
 
 def _item(study: StoredStudy, rows: list[dict]) -> dict:

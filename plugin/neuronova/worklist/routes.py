@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..http import Handler, Request, Response, allow, authenticated_user, json_response
+from ..http import Handler, Request, Response, allow, authenticated_user, json_response, query_limit, query_offset
+
+PAGE, MAX_PAGE = 50, 500
 from .listing import Worklist
 from .move import StudyMover
 from .reverify import Reverifier
@@ -24,7 +26,7 @@ class WorklistRoutes:
 
     def list(self, request: Request) -> Response:
         allow(request, "GET")
-        return json_response(200, self.worklist.items())
+        return json_response(200, self.worklist.items(query_limit(request, PAGE, MAX_PAGE), query_offset(request)))
 
     def move(self, request: Request) -> Response:
         """POST /neuronova/studies/{Orthanc study ID}/patient/{EMR patient ID}."""

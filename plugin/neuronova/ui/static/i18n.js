@@ -162,6 +162,7 @@
     'Previous': '이전',
     'Next': '다음',
     'Page {page}': '{page} 페이지',
+    'Page {page} of {pages}': '{page} / {pages} 페이지',
     'No entry matches the filters.': '조건에 맞는 이력이 없습니다.',
     'Could not load the history: {error}': '이력을 불러오지 못했습니다: {error}',
     'assigned': '지정',

@@ -17,6 +17,7 @@
              same_name_and_birth_date: 'same name and birth date', same_name: 'same name',
              same_family_name_and_birth_date: 'same family name and birth date'};
   var HISTORY_PAGE = 50;
+  var WORKLIST_PAGE = 50;
   var VIEWS = ['studies', 'worklist', 'history'];
   var WORKLIST_REFRESH_MS = 30000;
 
@@ -25,6 +26,7 @@
   var plural = I18N.plural;
   var dashboard = window.NeuroNovaDashboard;
   var historyOffset = 0;
+  var worklistOffset = 0;
 
   function $(id) { return document.getElementById(id); }
 
@@ -238,11 +240,22 @@
       candidates.appendChild(other);
       body.appendChild(row);
     });
+    var pages = Math.ceil(answer.total / WORKLIST_PAGE);
+    $('nn-worklist-pager').hidden = pages <= 1;
+    $('nn-worklist-previous').disabled = worklistOffset === 0;
+    $('nn-worklist-next').disabled = worklistOffset + WORKLIST_PAGE >= answer.total;
+    $('nn-worklist-page').textContent = t('Page {page} of {pages}',
+                                          {page: worklistOffset / WORKLIST_PAGE + 1, pages: pages});
   }
 
   function loadWorklist() {
-    return dashboard.requestJson(WORKLIST_URL)
+    var query = new URLSearchParams({limit: String(WORKLIST_PAGE), offset: String(worklistOffset)});
+    return dashboard.requestJson(WORKLIST_URL + '?' + query.toString())
       .then(function (answer) {
+        if (!answer.studies.length && worklistOffset > 0) {  // the last page's studies were settled meanwhile
+          worklistOffset = Math.max(0, Math.ceil(answer.total / WORKLIST_PAGE) - 1) * WORKLIST_PAGE;
+          return loadWorklist();
+        }
         setMessage('nn-worklist-error', '');
         renderWorklist(answer);
       })
@@ -380,6 +393,14 @@
     $('nn-history-next').addEventListener('click', function () {
       historyOffset += HISTORY_PAGE;
       loadHistory();
+    });
+    $('nn-worklist-previous').addEventListener('click', function () {
+      worklistOffset = Math.max(0, worklistOffset - WORKLIST_PAGE);
+      loadWorklist();
+    });
+    $('nn-worklist-next').addEventListener('click', function () {
+      worklistOffset += WORKLIST_PAGE;
+      loadWorklist();
     });
     $('nn-reverify').addEventListener('click', reverify);
     $('nn-move-search').addEventListener('input', function () {
