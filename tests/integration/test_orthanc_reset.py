@@ -31,7 +31,7 @@ def test_reset_brings_orthanc_back_with_the_plugin_and_everything_stored(server)
     answer = server.post("/tools/reset")
     assert (answer.status_code, answer.text) == (200, "{}")  # Orthanc's own answer
     wait_until(lambda: server.log_text().count("Orthanc has started") == 2, 60, "Orthanc restarted", interval=0.2)
-    wait_until(lambda: _answers(server, "/neuronova/storage"), 60, "the plugin after the reset", interval=0.2)
+    wait_until(lambda: _answers(server, "/neuronova/ready"), 60, "the plugin after the reset", interval=0.2)
     assert server.process.poll() is None and server.process.pid == pid  # the same process, a new image
     assert server.get(f"/instances/{stored}/file").content == before
     history = server.get("/neuronova/history").json()["entries"]
