@@ -33,6 +33,12 @@ class PatientRejected(NeuroNovaError):
     http_status = 409
 
 
+class StudyBusy(NeuroNovaError):
+    """Another move of the same study is running (on another server of the cluster)."""
+
+    http_status = 409
+
+
 class MethodNotAllowed(NeuroNovaError):
     http_status = 405
 

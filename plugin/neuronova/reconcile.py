@@ -7,6 +7,7 @@ ever split across patients: a study already stored under one patient keeps it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -90,6 +91,7 @@ class StudyOwners:
     (shared_state.claims.SharedStudyOwners)."""
 
     LOAD_WAIT_SECONDS = OWNERS_LOAD_WAIT_SECONDS
+    CACHED_CLAIM_SECONDS = 0.0  # one server: no other server caches its claims
 
     def __init__(self, studies: dict[str, dict[str, str]] | None = None):
         self._owners: dict[str, dict[str, str]] = {}
@@ -158,6 +160,10 @@ class StudyOwners:
                     self._moved_from.setdefault(study_uid, set()).add(old.get("PatientID", ""))
             self._owners[study_uid] = dict(tags)
             self._by_orthanc_id[orthanc_study_id(tags.get("PatientID", ""), study_uid)] = study_uid
+
+    def moving(self, study_uid: str) -> contextlib.AbstractContextManager:
+        """One move of a study at a time: the mover's own lock does it on one server."""
+        return contextlib.nullcontext()
 
     def moved_away_from(self, study_uid: str, patient_id: str) -> bool:
         """Was the study moved away from this Patient ID (its later instances still carry it)?"""

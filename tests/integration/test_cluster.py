@@ -168,6 +168,55 @@ def test_a_study_deleted_on_one_server_is_released_on_the_other(pair, tmp_path):
     assert _patients_of_study(alpha, study) == {KIM}
 
 
+# What a scanner sends for Kim with its own local ID, unknown to the EMR: stored as it came (unmatched).
+KIM_AT_THE_SCANNER = {"PatientID": "CT9-0777", "PatientName": "Kim^Cheolsu", "PatientBirthDate": "19750520",
+                      "PatientSex": "M"}
+
+
+def _post_all(server, files) -> list[int]:
+    return [server.post("/instances", data=open(path, "rb").read()).status_code for path in files]
+
+
+def test_a_study_moved_on_one_server_gets_its_later_instances_on_the_other(pair, tmp_path):
+    """beta has the study's claim cached (it stored the first instances); alpha moves the study to Kim's
+    EMR record: what beta stores next with the scanner's ID goes to Kim, and the study stays whole."""
+    alpha, beta = pair
+    study = generate_uid()
+    for name in ("first", "later"):
+        (tmp_path / name).mkdir()
+    first = make_series(tmp_path / "first", 2, study_uid=study, **KIM_AT_THE_SCANNER)
+    later = make_series(tmp_path / "later", 2, study_uid=study, **KIM_AT_THE_SCANNER)
+    assert _post_all(beta, first) == [200, 200]
+    (study_id,) = _find(alpha, "Study", study)
+    moved = alpha.post(f"/neuronova/studies/{study_id}/patient/{KIM}")
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["moved_instances"] == 2
+    assert _post_all(beta, later) == [200, 200]
+    _assert_one_patient(pair, study, 4)
+    assert _patients_of_study(beta, study) == {KIM}
+    rows = beta.get("/neuronova/history", params={"study": study, "limit": 100}).json()["entries"]
+    later_uids = {str(parse(open(path, "rb").read()).SOPInstanceUID) for path in later}
+    assert {row["action"] for row in rows if row["sop_instance_uid"] in later_uids} == {"moved"}
+
+
+def test_two_moves_of_one_study_on_two_servers_at_once_one_waits_its_turn(pair, tmp_path):
+    alpha, beta = pair
+    study = generate_uid()
+    assert _post_all(alpha, make_series(tmp_path, 3, study_uid=study, **KIM_AT_THE_SCANNER)) == [200] * 3
+    (study_id,) = _find(alpha, "Study", study)
+    answers = at_once(lambda: alpha.post(f"/neuronova/studies/{study_id}/patient/{KIM}"),
+                      lambda: beta.post(f"/neuronova/studies/{study_id}/patient/{HONG}"))
+    statuses = sorted(answer.status_code for answer in answers)
+    refused = [answer for answer in answers if answer.status_code != 200]
+    # the second either finds the study moved (404: its Orthanc ID changed) or the move running (409)
+    assert statuses[0] == 200 and len(refused) == 1 and refused[0].status_code in (404, 409), \
+        [answer.text for answer in answers]
+    assert refused[0].json()["success"] is False
+    _assert_one_patient(pair, study, 3)
+    winner = next(answer for answer in answers if answer.status_code == 200).json()["patient_id"]
+    assert _patients_of_study(alpha, study) == {winner}
+
+
 def test_the_history_answers_for_the_cluster_and_names_each_server(pair, tmp_path):
     alpha, beta = pair
     study = generate_uid()

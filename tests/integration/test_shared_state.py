@@ -8,6 +8,7 @@ import pytest
 from neuronova.config import BUNDLED_SEED
 from neuronova.directory import EmbeddedRegistry, Patient
 from neuronova.history import HistoryEntry, IngestHistory
+from neuronova.errors import StudyBusy
 from neuronova.shared_state.claims import ClaimsUnavailable, SharedStudyOwners
 from neuronova.shared_state.cluster import open_state
 from neuronova.config import load_settings
@@ -70,6 +71,45 @@ def test_a_release_on_one_server_drops_the_claim_cached_by_the_other(two_states)
     alpha.release(orthanc_study_id("P-A", "1.2.9"))
     wait_until(lambda: beta._cached("1.2.9") is None, 2, "the release's notification on beta")
     assert beta.settle("1.2.9", TAGS["P-B"])["PatientID"] == "P-B"
+
+
+def test_a_study_moved_on_one_server_is_the_new_patients_on_the_other(two_states):
+    alpha, beta = (state.owners for state in two_states)
+    assert beta.settle("1.3.1", TAGS["P-A"])["PatientID"] == "P-A"  # cached on beta now
+    alpha.reassign("1.3.1", TAGS["P-B"])
+    wait_until(lambda: beta._cached("1.3.1") is None, 2, "the move's notification on beta")
+    assert beta.settle("1.3.1", TAGS["P-A"]) == TAGS["P-B"]
+    assert beta.moved_away_from("1.3.1", "P-A") and not beta.moved_away_from("1.3.1", "P-B")
+    beta.release(orthanc_study_id("P-A", "1.3.1"))  # the old study emptied by the move: the claim stays
+    time.sleep(0.5)
+    assert alpha.settle("1.3.1", TAGS["P-A"]) == TAGS["P-B"]
+    beta.release(orthanc_study_id("P-B", "1.3.1"))  # the moved study deleted: free, and no longer moved
+    wait_until(lambda: not alpha.moved_away_from("1.3.1", "P-A"), 5, "the release of the moved study")
+    assert alpha.settle("1.3.1", TAGS["P-A"]) == TAGS["P-A"]
+
+
+def test_a_study_emptied_to_be_stored_again_keeps_its_claim_through_one_deletion(two_states):
+    alpha, beta = (state.owners for state in two_states)
+    alpha.settle("1.3.2", TAGS["P-A"])
+    alpha.keep_through_deletion(orthanc_study_id("P-A", "1.3.2"))
+    alpha.release(orthanc_study_id("P-A", "1.3.2"))
+    time.sleep(0.5)
+    assert beta.settle("1.3.2", TAGS["P-B"]) == TAGS["P-A"]
+    alpha.release(orthanc_study_id("P-A", "1.3.2"))
+    wait_until(lambda: beta._cached("1.3.2") is None, 5, "the release on beta")
+    assert beta.settle("1.3.2", TAGS["P-B"]) == TAGS["P-B"]
+
+
+def test_one_move_of_a_study_at_a_time_in_the_cluster(two_states):
+    alpha, beta = (state.owners for state in two_states)
+    with alpha.moving("1.3.3"):
+        with pytest.raises(StudyBusy, match="being moved on another server"):
+            with beta.moving("1.3.3"):
+                pass
+        with beta.moving("1.3.4"):  # another study moves meanwhile
+            pass
+    with beta.moving("1.3.3"):  # free once alpha's move ended
+        pass
 
 
 def test_claims_refuse_while_postgresql_is_down_and_come_back_with_it(postgres, tmp_path):

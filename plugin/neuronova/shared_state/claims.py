@@ -20,6 +20,7 @@ instance is refused with a status its sender retries (C-STORE 0xA700, HTTP 503),
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -27,7 +28,7 @@ from typing import Callable
 
 import psycopg
 
-from ..errors import NotAvailable
+from ..errors import StudyBusy
 from ..reconcile import OWNERS_LOAD_WAIT_SECONDS, OwnersNotLoaded, orthanc_study_id
 from .database import DATABASE_ERRORS, SharedDatabase
 
@@ -39,13 +40,21 @@ _TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
 SCHEMA = ("CREATE TABLE IF NOT EXISTS study_claims (study_uid TEXT PRIMARY KEY, orthanc_study_id TEXT NOT NULL, "
           "patient_id TEXT NOT NULL, patient_name TEXT NOT NULL, birth_date TEXT NOT NULL, sex TEXT NOT NULL, "
           "server TEXT NOT NULL, claimed_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-          "CREATE INDEX IF NOT EXISTS study_claims_by_orthanc_id ON study_claims(orthanc_study_id)")
+          "CREATE INDEX IF NOT EXISTS study_claims_by_orthanc_id ON study_claims(orthanc_study_id)",
+          # the Patient IDs a person moved each study away from: its later instances that still carry one follow it
+          "CREATE TABLE IF NOT EXISTS study_moves (study_uid TEXT NOT NULL, patient_id TEXT NOT NULL, "
+          "PRIMARY KEY (study_uid, patient_id))")
 _CLAIM = ("INSERT INTO study_claims (study_uid, orthanc_study_id, patient_id, patient_name, birth_date, sex, "
           "server) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (study_uid) DO UPDATE SET study_uid = "
           "excluded.study_uid RETURNING patient_id, patient_name, birth_date, sex")
 _BACKFILL = _CLAIM.replace("DO UPDATE SET study_uid = excluded.study_uid RETURNING patient_id, patient_name, "
                            "birth_date, sex", "DO NOTHING")
 _RELEASE = "DELETE FROM study_claims WHERE orthanc_study_id = %s RETURNING study_uid"
+_REASSIGN = _CLAIM.replace("DO UPDATE SET study_uid = excluded.study_uid", (
+    "DO UPDATE SET orthanc_study_id = excluded.orthanc_study_id, patient_id = excluded.patient_id, "
+    "patient_name = excluded.patient_name, birth_date = excluded.birth_date, sex = excluded.sex, "
+    "server = excluded.server, claimed_at = now()"))
+MOVE_LOCK = 0x4E4E4D56  # "NNMV": with hashtext(study_uid), the session advisory lock of a study's move
 
 
 class ClaimsUnavailable(OwnersNotLoaded):
@@ -56,6 +65,7 @@ class SharedStudyOwners:
     """reconcile.StudyOwners' contract (settle, claim, load, release) on PostgreSQL."""
 
     RECHECK_SECONDS = 5.0
+    CACHED_CLAIM_SECONDS = RECHECK_SECONDS  # another server may follow a claim it cached this long: a move waits
     CLAIM_TIMEOUT_SECONDS = 2.0  # the received-instance callback waits at most this for a connection
     LOAD_WAIT_SECONDS = OWNERS_LOAD_WAIT_SECONDS  # its loader, too, waits for Orthanc to answer
     MAX_CACHED = 20000
@@ -70,6 +80,7 @@ class SharedStudyOwners:
         self._listening = threading.Event()
         self._stopping = threading.Event()
         self._releases: collections.deque[str] = collections.deque()  # orthanc study IDs still to release
+        self._kept: dict[str, int] = {}  # Orthanc study ID -> deletions to ignore (a study emptied to be stored again)
         self._listener = threading.Thread(target=self._listen_forever, name="neuronova-claims-listen", daemon=True)
         self._listener.start()
 
@@ -146,7 +157,13 @@ class SharedStudyOwners:
 
     def release(self, orthanc_id: str) -> None:
         """Orthanc deleted this study: its row goes, and every server hears it (NOTIFY). Never waits:
-        Orthanc's change callback calls it; the listening thread releases (again, until it worked)."""
+        Orthanc's change callback calls it; the listening thread releases (again, until it worked).
+        Orthanc signals a deletion to the server that made it: the deletions a move asked this server
+        to ignore are counted here."""
+        with self._lock:
+            if self._kept.get(orthanc_id):
+                self._kept[orthanc_id] -= 1
+                return
         self._releases.append(orthanc_id)
 
     def _release_pending(self, connection: psycopg.Connection) -> None:
@@ -154,6 +171,7 @@ class SharedStudyOwners:
             orthanc_id = self._releases[0]
             with connection.transaction():
                 for (study_uid,) in connection.execute(_RELEASE, (orthanc_id,)).fetchall():
+                    connection.execute("DELETE FROM study_moves WHERE study_uid = %s", (study_uid,))
                     connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, study_uid))
                     self._forget(study_uid)
             self._releases.popleft()
@@ -182,9 +200,7 @@ class SharedStudyOwners:
             self._listening.clear()
             self._stopping.wait(0.5)
 
-    # Moving a study to another patient (the worklist) keeps its bookkeeping per server: with several
-    # servers it would have to be shared as the claims are. Until then it is refused, and no study
-    # counts as moved (instances that disagree with their study are conflicts, as before).
+    # Moving a study to another patient (the worklist), for the whole cluster.
 
     def owner(self, study_uid: str) -> dict[str, str] | None:
         """The study's patient as this server knows it now (its cache), or None."""
@@ -192,16 +208,67 @@ class SharedStudyOwners:
         return dict(cached) if cached is not None else None
 
     def moved_away_from(self, study_uid: str, patient_id: str) -> bool:
-        return False
+        """Asked only of an instance that disagrees with its study's patient: one round trip then."""
+        try:
+            row = self._database.run(lambda connection: connection.execute(
+                "SELECT 1 FROM study_moves WHERE study_uid = %s AND patient_id = %s",
+                (study_uid, patient_id)).fetchone(), timeout=self.CLAIM_TIMEOUT_SECONDS)
+        except DATABASE_ERRORS as error:
+            raise ClaimsUnavailable(f"the study moves in PostgreSQL cannot be read ({type(error).__name__})") from None
+        return row is not None
 
     def reassign(self, study_uid: str, tags: dict[str, str]) -> None:
-        raise NotAvailable("moving a study to another patient is not available yet with several servers on one "
-                           "PostgreSQL (NeuroNova.SharedState): move it on a single-server installation, or delete "
-                           "and send it again")
+        """The study's claim becomes the new patient's, the old Patient ID is remembered as moved away
+        from, and every server drops its cached claim (NOTIFY), in one transaction."""
+        if not self._loaded.wait(self.LOAD_WAIT_SECONDS):
+            raise OwnersNotLoaded("the patients of the stored studies are not read yet (Orthanc is starting)")
+
+        def work(connection: psycopg.Connection) -> None:
+            old = connection.execute("SELECT patient_id FROM study_claims WHERE study_uid = %s FOR UPDATE",
+                                     (study_uid,)).fetchone()
+            if old is not None and old[0] != tags.get("PatientID", ""):
+                connection.execute("INSERT INTO study_moves (study_uid, patient_id) VALUES (%s, %s) "
+                                   "ON CONFLICT DO NOTHING", (study_uid, old[0]))
+            connection.execute(_REASSIGN, self._row(study_uid, tags))
+            connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, study_uid))
+        try:
+            self._database.run(work, timeout=self.CLAIM_TIMEOUT_SECONDS)
+        except DATABASE_ERRORS as error:
+            raise ClaimsUnavailable(
+                f"the study claims in PostgreSQL cannot be written ({type(error).__name__})") from None
+        self._forget(study_uid)
 
     def keep_through_deletion(self, orthanc_id: str) -> None:
-        raise NotAvailable("moving a study to another patient is not available yet with several servers")
+        with self._lock:
+            self._kept[orthanc_id] = self._kept.get(orthanc_id, 0) + 1
+
+    @contextlib.contextmanager
+    def moving(self, study_uid: str):
+        """One move of a study at a time in the cluster: a session advisory lock, held while it runs."""
+        try:
+            with self._database.pool.connection(timeout=self.CLAIM_TIMEOUT_SECONDS) as connection:
+                (taken,) = connection.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                                              (MOVE_LOCK, study_uid)).fetchone()
+                if not taken:
+                    raise StudyBusy(f"study {study_uid} is being moved on another server: try again once "
+                                          "that move has finished")
+                try:
+                    yield
+                finally:
+                    _unlock_move(connection, study_uid)
+        except DATABASE_ERRORS as error:
+            raise ClaimsUnavailable(
+                f"the study's move cannot be locked in PostgreSQL ({type(error).__name__})") from None
 
     def stop(self) -> None:
         self._stopping.set()
         self._listener.join(timeout=2)
+
+
+def _unlock_move(connection: psycopg.Connection, study_uid: str) -> None:
+    """Failing to unlock loses nothing: PostgreSQL frees a session's locks with its connection."""
+    try:
+        connection.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (MOVE_LOCK, study_uid))
+    except DATABASE_ERRORS as error:
+        log.warning("a study's move lock could not be released (%s): it goes with the connection",
+                    type(error).__name__)

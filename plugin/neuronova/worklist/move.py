@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import replace
 
 from ..dicom.assign import REASON_CORRECT, modifying_system, patient_tags
@@ -55,38 +56,58 @@ class StudyMover:
 
     def apply(self, orthanc_id: str, correction: Correction) -> dict:
         with self._lock:
+            study = self._stored(orthanc_id)
             try:
-                study = stored_study(self.pacs, orthanc_id)
-            except NotFound:
-                raise NotFound(f"study {orthanc_id} is not stored in Orthanc") from None
-            target = correction.target
-            if study.patient == target:  # already this patient's: the person's word settles what was open
-                settled = self._settle(study, correction)
-                return self._answer(study.orthanc_id, study, target, 0, settled)
-            try:
-                self.owners.reassign(study.study_uid, target)  # instances arriving from now on follow the new patient
+                with self.owners.moving(study.study_uid):  # and on no other server of a cluster
+                    return self._apply(self._stored(orthanc_id), correction)
             except OwnersNotLoaded as error:
                 raise NotReady(f"{error}: retry") from None
-            new_id = orthanc_study_id(target["PatientID"], study.study_uid)
-            if new_id == orthanc_id:  # the same Patient ID, other attributes: rewritten in place
-                moved = self._rewrite_in_place(study, correction)
-                # Orthanc keeps the main DICOM tags of a patient it did not create again: read them anew.
-                parent = get_json(self.pacs, f"/studies/{orthanc_id}")["ParentPatient"]
-                self.pacs.core_post(f"/patients/{parent}/reconstruct", b"")
-                return self._answer(new_id, study, target, moved, 0)
-            moved = 0
-            for _ in range(MAX_ROUNDS):
-                moved += self._move_instances(study, correction)
-                try:  # instances decided before the claim moved may have been stored under the old patient
-                    study = stored_study(self.pacs, orthanc_id)
-                except NotFound:
-                    break
-            else:
-                raise StoreRejected(f"study {orthanc_id} still receives instances under its old patient: move "
-                                    "it again once they stop")
-            log.info("study %s moved to %s (%d instances) by %s", orthanc_id, new_id, moved,
-                     correction.user or correction.path)
+
+    def _stored(self, orthanc_id: str) -> StoredStudy:
+        try:
+            return stored_study(self.pacs, orthanc_id)
+        except NotFound:
+            raise NotFound(f"study {orthanc_id} is not stored in Orthanc") from None
+
+    def _apply(self, study: StoredStudy, correction: Correction) -> dict:
+        target, orthanc_id = correction.target, study.orthanc_id
+        if study.patient == target:  # already this patient's: the person's word settles what was open
+            settled = self._settle(study, correction)
+            return self._answer(study.orthanc_id, study, target, 0, settled)
+        self.owners.reassign(study.study_uid, target)  # instances arriving from now on follow the new patient
+        # Another server of a cluster may follow the claim it cached until then: what it stores meanwhile
+        # under the old patient is moved in the next rounds.
+        cached_until = time.monotonic() + self.owners.CACHED_CLAIM_SECONDS
+        new_id = orthanc_study_id(target["PatientID"], study.study_uid)
+        if new_id == orthanc_id:  # the same Patient ID, other attributes: rewritten in place
+            moved = self._rewrite_in_place(study, correction)
+            # Orthanc keeps the main DICOM tags of a patient it did not create again: read them anew.
+            parent = get_json(self.pacs, f"/studies/{orthanc_id}")["ParentPatient"]
+            self.pacs.core_post(f"/patients/{parent}/reconstruct", b"")
             return self._answer(new_id, study, target, moved, 0)
+        moved, left = 0, study
+        for _ in range(MAX_ROUNDS):
+            moved += self._move_instances(left, correction)
+            left = self._left_under_old_patient(orthanc_id, cached_until)
+            if left is None:
+                break
+        else:
+            raise StoreRejected(f"study {orthanc_id} still receives instances under its old patient: move "
+                                "it again once they stop")
+        log.info("study %s moved to %s (%d instances) by %s", orthanc_id, new_id, moved,
+                 correction.user or correction.path)
+        return self._answer(new_id, study, target, moved, 0)
+
+    def _left_under_old_patient(self, orthanc_id: str, cached_until: float) -> StoredStudy | None:
+        """Instances decided before the claim moved may have been stored under the old patient: the old
+        study again, or None once it is gone and no server can still follow the old claim."""
+        while True:
+            try:
+                return stored_study(self.pacs, orthanc_id)
+            except NotFound:
+                if time.monotonic() >= cached_until:
+                    return None
+            time.sleep(0.2)
 
     def _move_instances(self, study: StoredStudy, correction: Correction) -> int:
         moved = 0
