@@ -10,7 +10,7 @@ import threading
 
 from ..dicom.assign import REASON_COERCE, modifying_system, patient_tags
 from ..directory import PatientDirectory
-from ..errors import DirectoryUnavailable, NeuroNovaError
+from ..errors import DirectoryUnavailable, NeuroNovaError, NotFound, StudyBusy
 from ..history import IngestHistory
 from ..ingest import Correction
 from ..reconcile import COERCED, UNCHANGED, UNMATCHED, UNVERIFIED, OwnersNotLoaded
@@ -94,8 +94,11 @@ class Reverifier:
                 self._record(unverified, UNCHANGED, "")
                 counts[UNCHANGED] += len(unverified)
             else:
-                answer = self.mover.apply(study.orthanc_id, Correction(
-                    patient_tags(patient), COERCED, REASON_COERCE, modifying_system(), PATH))
+                try:
+                    answer = self.mover.apply(study.orthanc_id, Correction(
+                        patient_tags(patient), COERCED, REASON_COERCE, modifying_system(), PATH))
+                except (StudyBusy, NotFound):  # another server of the cluster moves it, or has moved it
+                    continue
                 counts[COERCED] += answer["moved_instances"]
         if checked:
             self._emr_down = False
