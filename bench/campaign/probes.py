@@ -387,7 +387,8 @@ def tools_reset(root: str) -> list[dict]:
             except requests.RequestException as error:
                 status = type(error).__name__
             time.sleep(2.0)
-            back = wait_for(lambda: server.answers(2.0), 60, 0.5)
+            # the plugin decides instances again once it has read the stored studies' patients
+            back = wait_for(lambda: server.answers(2.0, "/neuronova/ready" if plugin else "/system"), 60, 0.5)
             item = {"server": server.label, "upload_before_reset": first, "reset_status": status,
                     "alive": server.dead() is None, "system_answers": bool(back)}
             if back:

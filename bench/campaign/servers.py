@@ -58,9 +58,9 @@ class Managed:
         """The exit code if the process has ended."""
         return self.server.process.poll() if self.server.process else None
 
-    def answers(self, timeout: float = 5.0) -> bool:
+    def answers(self, timeout: float = 5.0, path: str = "/system") -> bool:
         try:
-            return requests.get(self.url + "/system", timeout=timeout).ok
+            return requests.get(self.url + path, timeout=timeout).ok
         except requests.RequestException:
             return False
 
