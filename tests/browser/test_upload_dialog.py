@@ -324,6 +324,29 @@ def ct_copies(count: int) -> bytes:
     return make_zip(members)
 
 
+class SlotHolder:
+    """Another user's ZIP upload holding the server's only slot, again and again, until released."""
+
+    def __init__(self, server):
+        self.server, self.archive, self.released = server, ct_copies(200), threading.Event()
+        self.thread = threading.Thread(target=self._upload_until_released)
+
+    def _upload_until_released(self):
+        while not self.released.is_set():
+            requests.post(self.server.url + "/neuronova/upload", data=self.archive,
+                          headers={"Content-Type": "application/zip"}, timeout=120)
+
+    def __enter__(self):
+        before = self.server.get("/statistics").json()["CountInstances"]
+        self.thread.start()
+        wait_until(lambda: self.server.get("/statistics").json()["CountInstances"] > before, 60, "the ZIP being stored")
+        return self
+
+    def __exit__(self, *exc):
+        self.released.set()
+        self.thread.join(timeout=120)
+
+
 def test_a_busy_server_is_waited_for_and_the_file_sent_again(one_slot, browsing, files):
     session = browsing(one_slot)
     page = session.page
@@ -335,22 +358,10 @@ def test_a_busy_server_is_waited_for_and_the_file_sent_again(one_slot, browsing,
             if response.url.endswith("/neuronova/upload") else None)
 
     # Another user's ZIP holds the only slot, again and again, until the dialog has been told to wait.
-    archive, release = ct_copies(200), threading.Event()
-
-    def other_user():
-        while not release.is_set():
-            requests.post(one_slot.url + "/neuronova/upload", data=archive,
-                          headers={"Content-Type": "application/zip"}, timeout=120)
-    holder = threading.Thread(target=other_user)
-    holder.start()
-    try:
-        wait_until(lambda: one_slot.get("/statistics").json()["CountInstances"] > 0, 60, "the ZIP being stored")
+    with SlotHolder(one_slot):
         page.click("#nn-upload-start")
         expect(file_row(page, "MR_small.dcm").locator(".nn-file-status")).to_have_text(
             "Server busy: sending again in 1 s")
-    finally:
-        release.set()
-        holder.join(timeout=120)
 
     expect(page.locator("#nn-upload-success")).to_contain_text("1 file, 1 instance stored", timeout=60000)
     expect(file_row(page, "MR_small.dcm").locator(".nn-file-status")).to_have_text("Stored")
@@ -358,3 +369,14 @@ def test_a_busy_server_is_waited_for_and_the_file_sent_again(one_slot, browsing,
     assert answers[0] == (503, "1") and answers[-1][0] == 200, answers
     found = one_slot.post("/tools/lookup", data=str(parse(read_bytes("MR_small.dcm")).SOPInstanceUID)).json()
     assert [item["Type"] for item in found] == ["Instance"]
+
+
+def test_the_study_list_of_a_busy_server_loads_once_it_may(one_slot, browsing):
+    """The 503's Retry-After (1 s here) is when the list asks again, not the 30 s auto-refresh."""
+    session = browsing(one_slot)
+    page = session.page
+    with SlotHolder(one_slot):
+        page.goto("/neuronova/app/index.html")
+        expect(page.locator("#nn-list-error")).to_contain_text("Could not load the study list: the server is busy")
+    expect(page.locator("#nn-list-error")).to_be_hidden(timeout=10000)
+    expect(page.locator("#nn-list-status")).to_contain_text("Showing")

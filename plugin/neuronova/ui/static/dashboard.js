@@ -162,7 +162,11 @@
             answer = JSON.parse(text);
           } catch (error) { /* not JSON: reported below */ }
           if (!response.ok || !answer || !answer.success) {
-            throw new Error(answer && answer.error ? answer.error : t('HTTP {status}', {status: response.status}));
+            var failure = new Error(answer && answer.error ? answer.error
+                                                           : t('HTTP {status}', {status: response.status}));
+            // a busy or starting server (503) says when to ask again
+            failure.retryAfter = response.status === 503 ? parseInt(response.headers.get('Retry-After'), 10) || 0 : 0;
+            throw failure;
           }
           return answer;
         });
@@ -195,6 +199,9 @@
       .catch(function (error) {
         showError(t('Could not load the study list: {error}', {error: error.message}));
         $('nn-list-status').textContent = '';
+        if (error.retryAfter) {
+          window.setTimeout(load, error.retryAfter * 1000);
+        }
       })
       .then(function () { loading = null; });
     return loading;
