@@ -7,6 +7,7 @@ class NeuroNovaError(Exception):
     http_status = 500
     # DIMSE C-STORE status for the same failure: 0xC000 "Cannot understand", 0xA700 "Out of resources".
     dimse_status = 0xC000
+    retry_after: int | None = None  # seconds: answered as Retry-After, the client asks again then
 
 
 class BadRequest(NeuroNovaError):

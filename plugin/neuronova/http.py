@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlsplit
 
-from .errors import BadRequest, Forbidden, MethodNotAllowed, NeuroNovaError, NotReady, Overloaded, UnsupportedMediaType
+from .errors import BadRequest, Forbidden, MethodNotAllowed, NeuroNovaError, Overloaded, UnsupportedMediaType
 
 log = logging.getLogger("neuronova.api")
 
@@ -42,7 +42,7 @@ def json_response(status: int, payload: dict, **headers: str) -> Response:
 
 def error_response(error: NeuroNovaError) -> Response:
     headers = {"Allow": ", ".join(error.allow)} if isinstance(error, MethodNotAllowed) else {}
-    if isinstance(error, (Overloaded, NotReady)):
+    if error.retry_after is not None:
         headers["Retry-After"] = str(error.retry_after)
     return json_response(error.http_status, {"success": False, "error": str(error)}, **headers)
 

@@ -373,6 +373,12 @@
     }
   }
 
+  // A pager's Previous (-1) and Next (+1) buttons, `prefix`-previous and `prefix`-next.
+  function onPageTurn(prefix, turn) {
+    $(prefix + '-previous').addEventListener('click', function () { turn(-1); });
+    $(prefix + '-next').addEventListener('click', function () { turn(1); });
+  }
+
   document.addEventListener('DOMContentLoaded', function () {
     var actions = $('nn-history-action');
     ACTIONS.forEach(function (action) { actions.appendChild(new Option(t(action), action)); });
@@ -386,20 +392,12 @@
       historyOffset = 0;
       loadHistory();
     });
-    $('nn-history-previous').addEventListener('click', function () {
-      historyOffset = Math.max(0, historyOffset - HISTORY_PAGE);
+    onPageTurn('nn-history', function (step) {
+      historyOffset = Math.max(0, historyOffset + step * HISTORY_PAGE);
       loadHistory();
     });
-    $('nn-history-next').addEventListener('click', function () {
-      historyOffset += HISTORY_PAGE;
-      loadHistory();
-    });
-    $('nn-worklist-previous').addEventListener('click', function () {
-      worklistOffset = Math.max(0, worklistOffset - WORKLIST_PAGE);
-      loadWorklist();
-    });
-    $('nn-worklist-next').addEventListener('click', function () {
-      worklistOffset += WORKLIST_PAGE;
+    onPageTurn('nn-worklist', function (step) {
+      worklistOffset = Math.max(0, worklistOffset + step * WORKLIST_PAGE);
       loadWorklist();
     });
     $('nn-reverify').addEventListener('click', reverify);
